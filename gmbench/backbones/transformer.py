@@ -1,0 +1,187 @@
+"""Pre-LayerNorm transformer over token ids, for discrete diffusion and autoregressive
+language models.
+
+Architecture: token embedding + learned positional embedding, ``depth`` pre-LN blocks
+(Vaswani et al. 2017, arXiv:1706.03762, with LayerNorm before each sub-layer as in
+GPT-2 / Xiong et al. 2020, arXiv:2002.04745) of multi-head self-attention
+(``F.scaled_dot_product_attention``) and a GELU feed-forward, a final LayerNorm and a
+linear head.
+
+Time conditioning (``cond=True``, used by MDLM/SEDD/D3PM): adaptive LayerNorm as in DiT
+(Peebles & Xie 2022, arXiv:2212.09748) - a sinusoidal embedding of ``t`` goes through an
+MLP to a vector ``c``, and each block regresses from ``c`` a shift, scale and gate for
+each sub-layer: ``h + (1 + gate) * f((1 + scale) * LN(h) + shift)``. Departure from DiT:
+the modulation layers are *not* zero-initialised (adaLN-Zero), and the gate is ``1 + gate``
+rather than ``gate``; at initialisation this is an ordinary pre-LN transformer whose
+output already depends on ``t``, instead of an identity map that ignores ``t``.
+
+Masks: ``causal=True`` gives the autoregressive mask (position i attends to j <= i).
+``forward(..., attn_mask=...)`` takes a boolean mask, ``True`` = may attend, of shape
+``(L, L)`` or ``(N, L, L)`` (the SDPA convention), e.g. BD3-LM's block-causal mask; with
+``causal=True`` both masks apply. Every query must be allowed at least one key, or SDPA
+returns NaN for that row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .embeddings import TimeEmbedding, as_time_batch
+from .flops import register_cpu_attention_flops
+from .sizes import size_config
+
+register_cpu_attention_flops()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection.
+
+    Args:
+        width: model dimension (divisible by ``heads``).
+        heads: number of heads.
+        dropout: attention-probability and output dropout (training only).
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        n, length, width = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.drop(self.proj(out.transpose(1, 2).reshape(n, length, width)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block, optionally with adaLN modulation from a vector ``c``.
+
+    Args:
+        width: model dimension.
+        heads: attention heads.
+        mlp_ratio: feed-forward hidden width / ``width``.
+        dropout: dropout in attention and feed-forward.
+        cond_dim: width of the conditioning vector, or None for an unconditioned block.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float, cond_dim: int | None) -> None:
+        super().__init__()
+        affine = cond_dim is None
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=affine)
+        self.attn = SelfAttention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=affine)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width), nn.Dropout(dropout)
+        )
+        self.ada = nn.Linear(cond_dim, 6 * width) if cond_dim is not None else None
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        if self.ada is None:
+            h = h + self.attn(self.norm1(h), mask)
+            return h + self.mlp(self.norm2(h))
+        s1, b1, g1, s2, b2, g2 = self.ada(c)[:, None, :].chunk(6, dim=-1)
+        h = h + (1 + g1) * self.attn(self.norm1(h) * (1 + s1) + b1, mask)
+        return h + (1 + g2) * self.mlp(self.norm2(h) * (1 + s2) + b2)
+
+
+class Transformer(nn.Module):
+    """Transformer encoder/decoder over token ids: ``(N, L)`` ints -> ``(N, L, out)`` logits.
+
+    Args:
+        vocab_size: number of token ids accepted (include any [MASK] / absorbing token).
+        seq_len: maximum sequence length (size of the learned positional table); inputs
+            may be shorter.
+        out_dim: output features per position; default ``vocab_size``.
+        size: preset name (``tiny``/``small``/``base``/``large``); see
+            :func:`gmbench.backbones.sizes.size_config` (``kind="transformer"``).
+        causal: if True, position i attends only to positions <= i (decoder-only / AR).
+        cond: if True, ``forward(x, t)`` with ``t`` of shape ``(N,)`` (or a scalar),
+            conditioning every block by adaLN (2212.09748); if False, ``forward(x)``.
+        time_scale: multiplier applied to ``t`` before the sinusoidal encoding; the default
+            1000 suits ``t`` in [0, 1], use 1.0 for integer step indices.
+
+    Attributes:
+        out: the final ``nn.Linear`` head.
+    """
+
+    def __init__(
+        self, vocab_size: int, seq_len: int, out_dim: int | None = None, size: str = "small",
+        causal: bool = False, cond: bool = False, time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        cfg = size_config("transformer", size)
+        width, depth, heads = cfg["width"], cfg["depth"], cfg["heads"]
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.out_dim = vocab_size if out_dim is None else out_dim
+        self.size, self.causal, self.cond = size, causal, cond
+
+        self.tok = nn.Embedding(vocab_size, width)
+        self.pos = nn.Parameter(torch.zeros(seq_len, width))
+        nn.init.normal_(self.pos, std=0.02)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.drop = nn.Dropout(cfg["dropout"])
+        self.time_embed = TimeEmbedding(width, width, scale=time_scale) if cond else None
+        cond_dim = width if cond else None
+        self.blocks = nn.ModuleList(
+            Block(width, heads, cfg["mlp_ratio"], cfg["dropout"], cond_dim) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=not cond)
+        self.ada_out = nn.Linear(width, 2 * width) if cond else None
+        self.out = nn.Linear(width, self.out_dim)
+
+    def _mask(self, attn_mask: torch.Tensor | None, n: int, length: int, device: torch.device) -> torch.Tensor | None:
+        mask = None
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                raise TypeError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+            if attn_mask.shape[-2:] != (length, length) or attn_mask.ndim not in (2, 3) or (
+                attn_mask.ndim == 3 and attn_mask.shape[0] != n
+            ):
+                raise ValueError(
+                    f"attn_mask must have shape ({length}, {length}) or ({n}, {length}, {length}), "
+                    f"got {tuple(attn_mask.shape)}"
+                )
+            mask = attn_mask.to(device)
+        if self.causal:
+            tril = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+            mask = tril if mask is None else mask & tril
+        if mask is not None and mask.ndim == 3:
+            mask = mask[:, None]  # broadcast over heads
+        return mask
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | float | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Map token ids ``x`` of shape ``(N, L)``, ``L <= seq_len`` (and ``t`` of shape
+        ``(N,)`` when ``cond``) to ``(N, L, out_dim)``; ``attn_mask`` as in the module
+        docstring."""
+        if x.ndim != 2:
+            raise ValueError(f"expected token ids of shape (N, L), got {tuple(x.shape)}")
+        n, length = x.shape
+        if length > self.seq_len:
+            raise ValueError(f"sequence length {length} exceeds seq_len={self.seq_len}")
+        c = None
+        if self.cond:
+            if t is None:
+                raise TypeError("this Transformer was built with cond=True; call it as forward(x, t)")
+            c = F.silu(self.time_embed(as_time_batch(t, n, x.device)))
+        elif t is not None:
+            raise TypeError("this Transformer was built with cond=False; call it as forward(x)")
+        mask = self._mask(attn_mask, n, length, x.device)
+        h = self.drop(self.tok(x) + self.pos[:length])
+        for block in self.blocks:
+            h = block(h, mask, c)
+        h = self.norm_out(h)
+        if self.ada_out is not None:
+            scale, shift = self.ada_out(c)[:, None, :].chunk(2, dim=-1)
+            h = h * (1 + scale) + shift
+        return self.out(h)

@@ -1,0 +1,256 @@
+"""The Method contract: what every method plugin implements.
+
+The host owns training (loop, optimizers, gradient steps, FLOP and clock
+metering); a method only builds its networks and supplies losses. Training is
+a list of :class:`Stage` s. Each stage names its optimizers, and
+``training_step`` returns one loss per optimizer, either
+
+* as a mapping ``{optimizer_name: loss}`` — the host back-propagates and steps
+  each in order, computed from the same parameters (simultaneous updates); or
+* as a generator yielding ``(optimizer_name, loss)`` pairs — the host steps that
+  optimizer before resuming the generator, so the next loss sees the updated
+  parameters (a GAN's alternating discriminator/generator updates).
+
+Two-stage methods (an autoencoder then a latent model; train, generate pairs,
+retrain) declare several stages, each with a share of the training budget, and
+may transform the training data at the start of a stage with
+``on_stage_start`` — the host meters that work against the budget too.
+
+A minimal method::
+
+    class MyMethod(Method):
+        name, family, paper = "mine", "diffusion", "2006.11239"
+        modalities = ("toy2d",)
+        samplers = (SamplerInfo("euler", adjustable_nfe=True, deterministic=True),)
+
+        def __init__(self, data, model_size="small"):
+            super().__init__(data, model_size)
+            self.net = MLP(2, 2, size=model_size)
+
+        def modules(self):
+            return {"net": self.net}
+
+        def stages(self):
+            return [Stage("main", (OptimizerSpec("opt", ("net",), lr=1e-3),))]
+
+        def training_step(self, stage, batch, step):
+            return {"opt": self.net(batch).pow(2).mean()}
+
+        def sample(self, n, sampler, nfe, generator):
+            ...
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Iterator, Mapping, Union
+
+import torch
+from torch import nn
+
+from gmbench.data.base import DataSpec
+
+LIKELIHOOD_KINDS = ("exact", "bound", "none")
+
+StepResult = Union[Mapping[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
+
+
+class MethodError(RuntimeError):
+    """A method broke its contract (wrong shape, NaN, unknown sampler...)."""
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """A named sampler of a method.
+
+    Attributes:
+        name: e.g. ``"ancestral"``, ``"ddim"``, ``"euler"``.
+        adjustable_nfe: whether the number of function evaluations can be set;
+            if False the host samples once at ``default_nfe``.
+        deterministic: True when the map from initial noise to sample is
+            deterministic (ODE samplers, DDIM with eta=0).
+        default_nfe: NFE used when ``adjustable_nfe`` is False (and as a hint).
+    """
+
+    name: str
+    adjustable_nfe: bool = True
+    deterministic: bool = False
+    default_nfe: int = 1
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer the host builds for a stage (Adam/AdamW).
+
+    Attributes:
+        name: key used in ``training_step``'s result.
+        modules: names (keys of ``Method.modules()``) whose parameters it trains.
+        lr, betas, weight_decay: Adam(W) hyper-parameters.
+        grad_clip: clip the gradient norm of those parameters, if set.
+        warmup_steps: linear learning-rate warm-up over this many steps.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training with its optimizers and its share of the budget."""
+
+    name: str
+    optimizers: tuple[OptimizerSpec, ...]
+    budget_share: float = 1.0
+
+
+class Method(ABC):
+    """Base class of every generative method.
+
+    Class attributes a subclass must set: ``name``, ``family``, ``paper``
+    (arXiv id), ``modalities``, ``samplers``, ``likelihood``. Hyper-parameters
+    are keyword arguments of ``__init__`` with defaults (the host passes the
+    :class:`DataSpec` and the budget's model-size preset).
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    paper: ClassVar[str]
+    title: ClassVar[str] = ""
+    modalities: ClassVar[tuple[str, ...]]
+    samplers: ClassVar[tuple[SamplerInfo, ...]]
+    #: "exact" (flows, ODEs, AR), "bound" (VAE, diffusion) or "none" (GAN)
+    likelihood: ClassVar[str] = "none"
+
+    def __init__(self, data: DataSpec, model_size: str = "small"):
+        if data.modality not in self.modalities:
+            raise MethodError(
+                f"method {self.name!r} does not support {data.modality!r} data "
+                f"(it supports {', '.join(self.modalities)})"
+            )
+        self.data = data
+        self.model_size = model_size
+        self.device = torch.device("cpu")
+
+    # -- networks ---------------------------------------------------------------
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every network of the method, by name (for optimizers, checkpoints, devices)."""
+
+    def to(self, device: torch.device | str) -> "Method":
+        self.device = torch.device(device)
+        for m in self.modules().values():
+            m.to(self.device)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules().values():
+            m.train(mode)
+
+    def num_parameters(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for m in self.modules().values():
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+        return total
+
+    # -- training -----------------------------------------------------------------
+
+    @abstractmethod
+    def stages(self) -> list[Stage]:
+        """The training stages, in order; their ``budget_share`` s sum to 1."""
+
+    @abstractmethod
+    def training_step(self, stage: str, batch: torch.Tensor, step: int) -> StepResult:
+        """Losses for one gradient step of ``stage`` on ``batch`` (see module doc)."""
+
+    def on_stage_start(self, stage: str, train_x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """Called before a stage's first step; may return new training data.
+
+        E.g. a latent model encodes the data with its trained autoencoder, and
+        rectified flow's reflow generates (noise, sample) pairs. The host counts
+        the FLOPs spent here against the budget.
+        """
+        return None
+
+    def on_step_end(self, stage: str, step: int) -> None:
+        """Called after every optimizer of a step has stepped (e.g. EMA updates)."""
+
+    # -- sampling and likelihood ------------------------------------------------
+
+    @abstractmethod
+    def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` samples of shape ``(n, *data.shape)`` with sampler ``sampler`` at ``nfe`` steps.
+
+        Images in the data's value range, text as token ids (long). All
+        randomness must come from ``generator`` so that a seed fixes the samples.
+        """
+
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Per-example log-likelihood (or its lower bound, see ``likelihood``) in nats.
+
+        For continuous data this is the density of the (dequantised) data in
+        the data's value range; the host converts nats to bits per dimension.
+        """
+        raise NotImplementedError(f"method {self.name!r} has no likelihood")
+
+    def sampler(self, name: str) -> SamplerInfo:
+        for s in self.samplers:
+            if s.name == name:
+                return s
+        from gmbench.registry import did_you_mean
+
+        known = [s.name for s in self.samplers]
+        raise MethodError(f"method {self.name!r} has no sampler {name!r}.{did_you_mean(name, known)} Known: {', '.join(known)}")
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for mname, m in self.modules().items():
+            for k, v in m.state_dict().items():
+                out[f"{mname}.{k}"] = v
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        for mname, m in self.modules().items():
+            prefix = mname + "."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                m.load_state_dict(sub, strict=True)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise MethodError(f"checkpoint does not fit method {self.name!r}, module {mname!r}: {first}") from None
+
+    @classmethod
+    def describe(cls) -> dict:
+        return {
+            "name": cls.name,
+            "family": cls.family,
+            "paper": cls.paper,
+            "title": cls.title,
+            "modalities": list(cls.modalities),
+            "likelihood": cls.likelihood,
+            "samplers": [
+                {"name": s.name, "adjustable_nfe": s.adjustable_nfe, "deterministic": s.deterministic}
+                for s in cls.samplers
+            ],
+        }
+
+
+def validate_method_class(cls: type) -> None:
+    """Raise MethodError if a method class misses a required attribute."""
+    for attr in ("name", "family", "paper", "modalities", "samplers"):
+        if not getattr(cls, attr, None):
+            raise MethodError(f"method class {cls.__name__} must set {attr!r}")
+    if cls.likelihood not in LIKELIHOOD_KINDS:
+        raise MethodError(f"method {cls.name!r}: likelihood must be one of {LIKELIHOOD_KINDS}, not {cls.likelihood!r}")

@@ -1,0 +1,128 @@
+"""The metric contract.
+
+A :class:`Metric` is a named group of outputs computed together (FID, KID and
+precision/recall share one feature pass, for instance). Each output has a
+direction, so that leaderboards rank and ``gmbench compare`` gates without
+knowing the metric. A metric is either
+
+* ``kind = "samples"``: scores generated samples against the dataset (called
+  once per sampler and NFE), or
+* ``kind = "model"``: scores the trained method itself (test likelihood),
+  called once per run.
+
+Bump ``version`` whenever a change can move a number: it enters the record's
+fingerprint, and records with different fingerprints are never compared.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from gmbench.data.base import Dataset
+    from gmbench.method import Method
+
+DIRECTIONS = ("lower", "higher")
+
+
+class MetricError(ValueError):
+    """Samples a metric cannot score (NaN, wrong shape or range); one-line message."""
+
+
+@dataclass(frozen=True)
+class MetricOutput:
+    """One number a metric produces."""
+
+    name: str
+    direction: str
+    description: str = ""
+    unit: str = ""
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"metric output {self.name!r}: direction must be 'lower' or 'higher'")
+
+
+@dataclass
+class EvalContext:
+    """What a metric may use besides the samples."""
+
+    dataset: "Dataset"
+    n_samples: int
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def test(self) -> torch.Tensor:
+        return self.dataset.split("test").x
+
+
+class Metric(ABC):
+    """Base class of every metric; register *instances*."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    modalities: ClassVar[tuple[str, ...]]
+    outputs: ClassVar[tuple[MetricOutput, ...]]
+    kind: ClassVar[str] = "samples"
+    description: ClassVar[str] = ""
+
+    def applies_to(self, dataset: "Dataset") -> bool:
+        return dataset.modality in self.modalities
+
+    def compute(self, ctx: EvalContext, samples: torch.Tensor | None = None, method: "Method | None" = None) -> dict:
+        """Return ``{output_name: value}``; values are floats (or None if undefined).
+
+        For ``kind="samples"`` ``samples`` is given; for ``kind="model"`` ``method``.
+        """
+        if self.kind == "samples":
+            return self.score_samples(samples, ctx)
+        return self.score_model(method, ctx)
+
+    def score_samples(self, samples: torch.Tensor, ctx: EvalContext) -> dict:
+        raise NotImplementedError
+
+    def score_model(self, method: "Method", ctx: EvalContext) -> dict:
+        raise NotImplementedError
+
+    def fingerprint_fields(self, ctx: EvalContext) -> dict:
+        """Extra protocol fields that make this metric's values comparable."""
+        return {}
+
+    def output(self, name: str) -> MetricOutput:
+        for o in self.outputs:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+
+def check_samples(samples: torch.Tensor, dataset: "Dataset") -> torch.Tensor:
+    """Validate samples against the dataset spec; raise MetricError with one line."""
+    spec = dataset.spec()
+    if not isinstance(samples, torch.Tensor):
+        raise MetricError(f"samples must be a torch.Tensor, got {type(samples).__name__}")
+    if tuple(samples.shape[1:]) != tuple(spec.shape):
+        raise MetricError(f"samples have shape {tuple(samples.shape)}, expected (n, {', '.join(map(str, spec.shape))})")
+    if spec.modality == "text":
+        if samples.dtype not in (torch.long, torch.int32, torch.int64):
+            raise MetricError(f"text samples must be integer token ids, got {samples.dtype}")
+        if samples.numel() and (samples.min() < 0 or samples.max() >= spec.vocab_size):
+            raise MetricError(f"text samples hold ids outside 0..{spec.vocab_size - 1}")
+        return samples
+    if not torch.isfinite(samples).all():
+        bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+        raise MetricError(f"{bad} of {len(samples)} samples contain NaN or inf")
+    if spec.value_range is not None:
+        lo, hi = spec.value_range
+        margin = 0.5 * (hi - lo)  # generous: models overshoot a little, metrics clamp
+        if samples.min() < lo - margin or samples.max() > hi + margin:
+            raise MetricError(
+                f"samples range [{samples.min():.3g}, {samples.max():.3g}] is far outside the data range [{lo}, {hi}]"
+            )
+    return samples

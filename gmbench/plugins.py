@@ -1,0 +1,144 @@
+"""Plugin-manager factory and the registries it fills.
+
+Nothing is loaded at import time. :func:`make_plugin_manager` builds a fresh
+manager: gmbench's own built-in modules (datasets, metrics, budgets) are
+registered first, then every module published under the ``gmbench`` entry-point
+group — which is how the built-in *methods* are found too, exactly like a
+third-party ``pip install gmbench-foo``. ``GMBENCH_DISABLE_EXTERNAL_PLUGINS=1``
+keeps only gmbench's own distribution (useful for debugging a broken install).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import pluggy
+
+from gmbench import hookspecs
+from gmbench.registry import Registry
+
+#: modules inside gmbench that are plugins themselves (pytest-style built-ins)
+CORE_PLUGINS = (
+    "gmbench.data.builtin",
+    "gmbench.metrics.builtin",
+    "gmbench.budget",
+)
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the distribution that published each plugin."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        #: plugin name -> (distribution name, version)
+        self.distributions: dict[str, tuple[str, str]] = {}
+
+
+def make_plugin_manager(extra_plugins: tuple = (), load_entrypoints: bool = True) -> PluginManager:
+    """A fresh, fully loaded plugin manager.
+
+    Args:
+        extra_plugins: plugin objects registered after the built-ins (tests use
+            this for throwaway plugins).
+        load_entrypoints: load the ``gmbench`` entry-point group.
+    """
+    import importlib
+
+    pm = PluginManager()
+    for modname in CORE_PLUGINS:
+        pm.register(importlib.import_module(modname), name=modname)
+    if load_entrypoints:
+        _load_entrypoints(pm)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+def _load_entrypoints(pm: PluginManager) -> None:
+    only_own = os.environ.get("GMBENCH_DISABLE_EXTERNAL_PLUGINS") == "1"
+    for ep in md.entry_points(group=hookspecs.PROJECT):
+        dist = ep.dist.name if ep.dist else ""
+        if only_own and dist != "gmbench":
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party package must not take the suite down
+            warnings.warn(f"gmbench: plugin {ep.name!r} from {dist or '?'} failed to import: {exc}", stacklevel=2)
+            continue
+        pm.register(plugin, name=ep.name)
+        pm.distributions[ep.name] = (dist, ep.dist.version if ep.dist else "")
+
+
+def plugin_distribution(pm: PluginManager, plugin) -> tuple[str, str]:
+    """(distribution, version) that published a registered plugin, or ('', '')."""
+    name = pm.get_name(plugin) or ""
+    if name in CORE_PLUGINS:
+        return "gmbench", _gmbench_version()
+    return pm.distributions.get(name, ("", ""))
+
+
+def _gmbench_version() -> str:
+    from gmbench import __version__
+
+    return __version__
+
+
+@dataclass
+class Registries:
+    """The registries of one plugin manager, each built on first use."""
+
+    pm: PluginManager = field(default_factory=make_plugin_manager)
+
+    def _build(self, kind: str, base: type, classes: bool, hookname: str) -> Registry:
+        reg: Registry = Registry(kind, base, classes)
+        hook = getattr(self.pm.hook, hookname)
+        for impl in hook.get_hookimpls():
+            dist, version = plugin_distribution(self.pm, impl.plugin)
+            origin = f"{dist} {version}".strip()  # "" for plugins registered at run time
+
+            def register(obj, _origin=origin):
+                reg.register(obj, origin=_origin)
+
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        return reg
+
+    @cached_property
+    def methods(self) -> Registry:
+        from gmbench.method import Method
+
+        return self._build("method", Method, True, "gmbench_register_methods")
+
+    @cached_property
+    def datasets(self) -> Registry:
+        from gmbench.data.base import Dataset
+
+        return self._build("dataset", Dataset, True, "gmbench_register_datasets")
+
+    @cached_property
+    def metrics(self) -> Registry:
+        from gmbench.metrics.base import Metric
+
+        return self._build("metric", Metric, False, "gmbench_register_metrics")
+
+    @cached_property
+    def budgets(self) -> Registry:
+        from gmbench.budget import Budget
+
+        return self._build("budget", Budget, False, "gmbench_register_budgets")
+
+    @cached_property
+    def feature_extractors(self) -> Registry:
+        return self._build("feature extractor", object, False, "gmbench_register_feature_extractors")
+
+    def origin(self, kind: str, name: str) -> str:
+        """'distribution version' that registered ``name`` of ``kind``."""
+        reg = {"method": self.methods, "dataset": self.datasets, "metric": self.metrics, "budget": self.budgets}[kind]
+        return reg.origin(name)

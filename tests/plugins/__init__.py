@@ -1,0 +1,1 @@
+"""Throwaway plugins used by the tests (registered per test, never installed)."""

@@ -1,0 +1,319 @@
+"""Tests for gmbench.backbones: shapes, conditioning, masks, size presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gmbench.backbones import (
+    MLP,
+    SIZES,
+    Transformer,
+    UNet,
+    count_parameters,
+    num_downsamples,
+    sinusoidal_embedding,
+    size_config,
+)
+
+CPU_SIZES = ("tiny", "small")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet", "transformer"])
+def test_size_config_every_preset(kind):
+    for size in SIZES:
+        cfg = size_config(kind, size)
+        assert isinstance(cfg, dict) and cfg
+    # returned dicts are copies: mutating one must not change the preset
+    size_config(kind, "tiny").clear()
+    assert size_config(kind, "tiny")
+
+
+def test_unknown_size_message_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        size_config("mlp", "smal")
+    msg = str(err.value)
+    assert "\n" not in msg
+    for name in SIZES:
+        assert name in msg
+    assert "did you mean 'small'" in msg
+
+
+def test_unknown_size_raises_in_constructors():
+    for build in (lambda: MLP(2, 2, size="huge"), lambda: UNet(1, 1, 8, size="huge"),
+                  lambda: Transformer(27, 16, size="huge")):
+        with pytest.raises(ValueError, match="tiny, small, base, large"):
+            build()
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ValueError, match="mlp, unet, transformer"):
+        size_config("rnn", "tiny")
+
+
+def _counts(build):
+    # build on the meta device: shapes only, no memory or init cost for base/large
+    with torch.device("meta"):
+        return [count_parameters(build(s)) for s in SIZES]
+
+
+@pytest.mark.parametrize(
+    "name,build",
+    [
+        ("mlp2d", lambda s: MLP(2, 2, size=s)),
+        ("mlp_uncond", lambda s: MLP(64, 16, size=s, cond=False)),
+        ("unet8", lambda s: UNet(1, 1, 8, size=s)),
+        ("unet28", lambda s: UNet(1, 1, 28, size=s)),
+        ("unet32", lambda s: UNet(3, 3, 32, size=s)),
+        ("transformer", lambda s: Transformer(27, 64, size=s)),
+        ("transformer_cond", lambda s: Transformer(27, 64, size=s, cond=True)),
+    ],
+)
+def test_parameter_counts_grow_with_size(name, build):
+    counts = _counts(build)
+    assert all(a < b for a, b in zip(counts, counts[1:])), (name, counts)
+
+
+# ------------------------------------------------------------------------ embeddings
+
+
+def test_sinusoidal_embedding():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    emb = sinusoidal_embedding(t, 16, scale=1000.0)
+    assert emb.shape == (3, 16)
+    # t = 0 gives cos = 1, sin = 0 (the [cos, sin] layout)
+    assert torch.allclose(emb[0, :8], torch.ones(8)) and torch.allclose(emb[0, 8:], torch.zeros(8))
+    # distinct times get distinct codes; bounded by 1
+    assert not torch.allclose(emb[1], emb[2])
+    assert emb.abs().max() <= 1.0
+    # the first frequency is 1 rad per unit of scale * t
+    assert torch.allclose(emb[1, 8], torch.sin(torch.tensor(500.0)), atol=1e-4)
+    assert sinusoidal_embedding(t, 7).shape == (3, 7)
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+@pytest.mark.parametrize("size", CPU_SIZES)
+def test_mlp_shapes_and_conditioning(size):
+    net = MLP(2, 3, size=size)
+    x = torch.randn(16, 2)
+    out0 = net(x, torch.zeros(16))
+    out1 = net(x, torch.full((16,), 0.7))
+    assert out0.shape == (16, 3)
+    assert (out0 - out1).abs().max() > 1e-4
+    # scalar t broadcasts to the batch
+    assert torch.allclose(net(x, 0.7), out1)
+    # per-example t: rows with equal t agree with the batched call
+    t = torch.rand(16)
+    assert torch.allclose(net(x[:4], t[:4]), net(x, t)[:4], atol=1e-5)
+    with pytest.raises(TypeError):
+        net(x)
+
+
+def test_mlp_unconditional():
+    net = MLP(10, 4, size="tiny", cond=False)
+    assert net(torch.randn(5, 10)).shape == (5, 4)
+    with pytest.raises(TypeError):
+        net(torch.randn(5, 10), torch.zeros(5))
+    assert net.time_embed is None
+    layers = size_config("mlp", "tiny")["depth"]
+    assert len(net.layers) == layers
+
+
+def test_mlp_gradients_flow_to_every_parameter():
+    net = MLP(2, 2, size="tiny")
+    net(torch.randn(8, 2), torch.rand(8)).square().sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+
+
+# ---------------------------------------------------------------------------- U-Net
+
+
+def test_num_downsamples():
+    assert num_downsamples(8) == 1
+    assert num_downsamples(28) == 2
+    assert num_downsamples(32) == 3
+    assert num_downsamples(7) == 0
+
+
+@pytest.mark.parametrize("size", CPU_SIZES)
+@pytest.mark.parametrize("image_size,channels", [(8, 1), (28, 1), (32, 3)])
+def test_unet_shapes(size, image_size, channels):
+    net = UNet(channels, 2 * channels, image_size, size=size)
+    x = torch.randn(2, channels, image_size, image_size)
+    out = net(x, torch.rand(2))
+    assert out.shape == (2, 2 * channels, image_size, image_size)
+    assert torch.isfinite(out).all()
+    expected_levels = min(len(size_config("unet", size)["channel_mult"]), num_downsamples(image_size) + 1)
+    assert net.levels == expected_levels
+
+
+def test_unet_attention_variant_runs():
+    # base/large put self-attention at the lowest resolution; check that path on a
+    # cheap input without building the full preset forward on big images
+    net = UNet(1, 1, 8, size="base")
+    assert any(type(m).__name__ == "AttnBlock" for m in net.modules())
+    assert not any(type(m).__name__ == "AttnBlock" for m in UNet(1, 1, 8, size="tiny").modules())
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 8, 8), torch.rand(1)).shape == (1, 1, 8, 8)
+
+
+def test_unet_conditioning_changes_output():
+    net = UNet(1, 1, 8, size="tiny")
+    x = torch.randn(4, 1, 8, 8)
+    a, b = net(x, torch.full((4,), 0.1)), net(x, torch.full((4,), 0.9))
+    assert (a - b).abs().max() > 1e-4
+    assert torch.allclose(net(x, 0.1), a)
+
+
+def test_unet_unconditional_and_bad_input():
+    net = UNet(1, 3, 28, size="tiny", cond=False)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 3, 28, 28)
+    with pytest.raises(ValueError, match="28"):
+        net(torch.randn(2, 1, 32, 32))
+    with pytest.raises(TypeError):
+        UNet(1, 1, 8, size="tiny")(torch.randn(1, 1, 8, 8))
+
+
+# ----------------------------------------------------------------------- Transformer
+
+
+@pytest.mark.parametrize("size", CPU_SIZES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("cond", [False, True])
+def test_transformer_shapes(size, causal, cond):
+    net = Transformer(27, 32, size=size, causal=causal, cond=cond)
+    x = torch.randint(0, 27, (3, 32))
+    args = (torch.rand(3),) if cond else ()
+    assert net(x, *args).shape == (3, 32, 27)
+    # shorter inputs use a prefix of the positional table
+    assert net(x[:, :10], *args).shape == (3, 10, 27)
+    other = Transformer(27, 32, out_dim=5, size=size, causal=causal, cond=cond)
+    assert other(x, *args).shape == (3, 32, 5)
+
+
+def test_transformer_rejects_long_input():
+    with pytest.raises(ValueError, match="seq_len"):
+        Transformer(27, 8, size="tiny")(torch.randint(0, 27, (1, 9)))
+
+
+def _perturb(x, pos, vocab):
+    y = x.clone()
+    y[:, pos] = (y[:, pos] + 1) % vocab
+    return y
+
+
+def test_causal_transformer_ignores_future_tokens():
+    net = Transformer(27, 16, size="tiny", causal=True).eval()
+    x = torch.randint(0, 27, (2, 16))
+    j = 9
+    with torch.no_grad():
+        a, b = net(x), net(_perturb(x, j, 27))
+    assert torch.allclose(a[:, :j], b[:, :j], atol=1e-5)
+    assert (a[:, j:] - b[:, j:]).abs().amax(dim=(0, 2)).min() > 1e-5
+
+
+def test_bidirectional_transformer_sees_future_tokens():
+    net = Transformer(27, 16, size="tiny", causal=False).eval()
+    x = torch.randint(0, 27, (2, 16))
+    with torch.no_grad():
+        a, b = net(x), net(_perturb(x, 9, 27))
+    # every earlier position changes
+    assert (a[:, :9] - b[:, :9]).abs().amax(dim=(0, 2)).min() > 1e-5
+
+
+def _block_causal(length, block):
+    idx = torch.arange(length) // block
+    return idx[:, None] >= idx[None, :]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_custom_block_mask_is_honoured(batched):
+    length, block = 16, 4
+    net = Transformer(27, length, size="tiny", cond=True).eval()
+    x = torch.randint(0, 27, (2, length))
+    mask = _block_causal(length, block)
+    if batched:
+        mask = mask.expand(2, length, length)
+    t = torch.rand(2)
+    j = 9  # in block 2 (positions 8..11)
+    with torch.no_grad():
+        a = net(x, t, attn_mask=mask)
+        b = net(_perturb(x, j, 27), t, attn_mask=mask)
+        full = net(x, t)
+    # earlier blocks are blind to position 9; its own block and later ones see it
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-5)
+    assert (a[:, 8:] - b[:, 8:]).abs().amax(dim=(0, 2)).min() > 1e-5
+    # and the mask actually changed the computation
+    assert (a - full).abs().max() > 1e-5
+
+
+def test_per_example_masks_differ():
+    length = 8
+    net = Transformer(27, length, size="tiny").eval()
+    x = torch.randint(0, 27, (2, length))
+    mask = torch.stack([torch.ones(length, length, dtype=torch.bool), _block_causal(length, 1)])
+    with torch.no_grad():
+        a = net(x, attn_mask=mask)
+        b = net(_perturb(x, length - 1, 27), attn_mask=mask)
+    assert (a[0, 0] - b[0, 0]).abs().max() > 1e-5  # full attention sees the last token
+    assert torch.allclose(a[1, :-1], b[1, :-1], atol=1e-5)  # causal example does not
+
+
+def test_causal_combines_with_custom_mask():
+    length = 8
+    net = Transformer(27, length, size="tiny", causal=True).eval()
+    x = torch.randint(0, 27, (1, length))
+    full = torch.ones(length, length, dtype=torch.bool)
+    with torch.no_grad():
+        a = net(x, attn_mask=full)
+        b = net(_perturb(x, 5, 27), attn_mask=full)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-5)
+
+
+def test_attn_mask_validation():
+    net = Transformer(27, 8, size="tiny")
+    x = torch.randint(0, 27, (2, 8))
+    with pytest.raises(TypeError, match="bool"):
+        net(x, attn_mask=torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="attn_mask"):
+        net(x, attn_mask=torch.ones(3, 8, 8, dtype=torch.bool))
+
+
+def test_transformer_conditioning_changes_output():
+    net = Transformer(27, 16, size="tiny", cond=True).eval()
+    x = torch.randint(0, 27, (2, 16))
+    with torch.no_grad():
+        a, b = net(x, torch.full((2,), 0.1)), net(x, torch.full((2,), 0.9))
+    assert (a - b).abs().max() > 1e-4
+    with pytest.raises(TypeError):
+        net(x)
+    with pytest.raises(TypeError):
+        Transformer(27, 16, size="tiny")(x, torch.zeros(2))
+
+
+def test_attention_flops_counted_on_cpu():
+    # torch's flop counter has no formula for the CPU SDPA kernel; the backbones add one
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = Transformer(27, 16, size="tiny")
+    x = torch.randint(0, 27, (2, 16))
+    with FlopCounterMode(display=False) as fm:
+        net(x)
+    counts = {str(k): v for k, v in fm.get_flop_counts()["Global"].items()}
+    width, heads, depth = 128, 4, 2
+    # QK^T and AV: 2 matmuls of 2*L*L*head_dim flops per head, per example, per block
+    expected_attn = depth * 2 * (2 * 16 * 16 * (width // heads)) * heads * 2
+    attn = sum(v for k, v in counts.items() if "scaled_dot_product" in k)
+    assert attn == expected_attn, counts
