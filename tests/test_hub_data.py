@@ -17,6 +17,7 @@ import torch
 datasets = pytest.importorskip("datasets")
 PIL_Image = pytest.importorskip("PIL.Image")
 
+from gmbench.data import hub  # noqa: E402
 from gmbench.data.hub import (  # noqa: E402
     CIFAR10,
     EMBEDDED_ALTERNATIVES,
@@ -118,7 +119,8 @@ def test_image_folder_bad_path():
         ImageFolderDataset("/no/such/folder")
 
 
-def test_text_file_windows_and_vocab(tmp_path):
+def test_text_file_windows_and_vocab(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "_ENCODE_SLICE", 7)  # encode in many slices: no seams allowed
     text = "to be, or not to be: that is the question.\n" * 20 + "Z#"
     path = tmp_path / "corpus.txt"
     path.write_text(text)
@@ -142,7 +144,9 @@ def test_text_file_windows_and_vocab(tmp_path):
 def test_text_file_subset_is_seeded(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("".join(chr(97 + (i * 7) % 26) for i in range(4000)))
-    make = lambda seed: TextFileDataset(str(path), data_seed=seed, seq_len=16, n_train=50, cache_dir=str(tmp_path / "c"))
+    def make(seed):
+        return TextFileDataset(str(path), data_seed=seed, seq_len=16, n_train=50, cache_dir=str(tmp_path / "c"))
+
     a, b, c = make(0), make(0), make(1)
     assert a.split("train").x.shape == (50, 16)
     assert torch.equal(a.split("train").x, b.split("train").x)

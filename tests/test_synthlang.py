@@ -56,7 +56,7 @@ def test_alphabet_and_spec():
     assert VOCAB_SIZE == 27 and ALPHABET[SPACE_ID] == " " and SPACE_ID == 0
     spec = d.spec()
     assert spec.modality == "text" and spec.shape == (64,) and spec.vocab_size == 27
-    assert d.primary_metric == "sample_nll_gap_bits"
+    assert d.primary_metric == "test_bpc"
     assert len(set(d.words)) == 48 and all(2 <= len(w) <= 7 for w in d.words)
     assert (d.transition > 0).all() and np.allclose(d.transition.sum(1), 1.0)
     assert np.allclose(d.stationary @ d.transition, d.stationary)

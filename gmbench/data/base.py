@@ -16,7 +16,7 @@ import torch
 
 MODALITIES = ("toy2d", "image", "text")
 
-EMBEDDED_ALTERNATIVES = "the embedded datasets: 8gaussians, checkerboard, moons, spirals, rings, digits, synthlang"
+EMBEDDED_ALTERNATIVES = "toy2d datasets (8gaussians, checkerboard, moons, spirals, rings), digits, synthlang"
 
 
 class DatasetUnavailableError(RuntimeError):

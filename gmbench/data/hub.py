@@ -27,17 +27,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from gmbench.data.base import Dataset, DataSpec, Split
+from gmbench.data.base import EMBEDDED_ALTERNATIVES, Dataset, DatasetUnavailableError, DataSpec, Split
 
-EMBEDDED_ALTERNATIVES = "toy2d datasets, digits, synthlang"
-
-_TRUE = {"1", "ON", "YES", "TRUE"}
+_TRUE = {"1", "ON", "YES", "TRUE"}  # as datasets and huggingface_hub read them
+_ENCODE_SLICE = 1 << 24  # characters encoded at a time
 # builder for a local data_files override, by file suffix
 _BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-
-
-class DatasetUnavailableError(RuntimeError):
-    """A dataset that needs a download is neither downloadable nor cached."""
 
 
 def hub_offline() -> bool:
@@ -84,7 +79,9 @@ def _load_hf(label: str, path: str, split: str | None, *, data_files=None, cache
         path = _builder_for(data_files)
     try:
         with _honour_offline_env():
-            return datasets.load_dataset(path, split=split, data_files=data_files, cache_dir=cache_dir, **builder_kwargs)
+            return datasets.load_dataset(
+                path, split=split, data_files=data_files, cache_dir=cache_dir, **builder_kwargs
+            )
     except (ConnectionError, FileNotFoundError) as exc:
         if local:
             raise
@@ -105,6 +102,13 @@ def _subset(n_total: int, n: int | None, data_seed: int, salt: int) -> np.ndarra
         return None
     rng = np.random.default_rng(np.random.SeedSequence([data_seed, salt]))
     return np.sort(rng.choice(n_total, size=n, replace=False))
+
+
+def _fraction_split(ds, split: str, test_fraction: float, data_seed: int):
+    """A seeded share ``test_fraction`` of ``ds`` as the test split, the rest as train."""
+    n_test = max(1, round(len(ds) * test_fraction))
+    order = np.random.default_rng(np.random.SeedSequence([data_seed, 2])).permutation(len(ds))
+    return ds.select(np.sort(order[:n_test] if split == "test" else order[n_test:]))
 
 
 # Images ---------------------------------------------------------------------
@@ -246,12 +250,6 @@ class ImageFolderDataset(HubImageDataset):
         return {**super().fingerprint_fields(), "source": self.path}
 
 
-def _fraction_split(ds, split: str, test_fraction: float, data_seed: int):
-    n_test = max(1, round(len(ds) * test_fraction))
-    order = np.random.default_rng(np.random.SeedSequence([data_seed, 2])).permutation(len(ds))
-    return ds.select(np.sort(order[:n_test] if split == "test" else order[n_test:]))
-
-
 # Text -------------------------------------------------------------------------
 
 
@@ -304,7 +302,9 @@ class HubTextDataset(Dataset):
         ids = self._encode_stream(text, split)
         n_windows = len(ids) // self.seq_len
         if n_windows == 0:
-            raise ValueError(f"{self.name}: the {split} split has {len(ids)} characters, fewer than seq_len={self.seq_len}")
+            raise ValueError(
+                f"{self.name}: the {split} split has {len(ids)} characters, fewer than seq_len={self.seq_len}"
+            )
         windows = ids[: n_windows * self.seq_len].reshape(n_windows, self.seq_len)
         n = self.n_train if split == "train" else self.n_test
         keep = _subset(n_windows, n, self.data_seed, salt=0 if split == "train" else 1)
@@ -313,16 +313,21 @@ class HubTextDataset(Dataset):
         return Split(x=torch.from_numpy(windows.astype(np.int64)))
 
     def _encode_stream(self, text: str, split: str) -> np.ndarray:
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        table = np.frombuffer(self.vocab.encode("utf-32-le"), dtype=np.uint32)  # sorted
-        ids = np.searchsorted(table, codes).clip(max=len(table) - 1)
-        known = table[ids] == codes
-        if not known.all():
+        table = np.frombuffer(self.vocab.encode("utf-32-le"), dtype=np.uint32)  # sorted code points
+        dtype = np.uint8 if len(table) <= 256 else np.int32
+        parts, dropped = [], 0
+        # slice by slice, so a 100M-character corpus never has 8-byte ids in memory
+        for start in range(0, len(text), _ENCODE_SLICE):
+            codes = np.frombuffer(text[start : start + _ENCODE_SLICE].encode("utf-32-le"), dtype=np.uint32)
+            ids = np.searchsorted(table, codes).clip(max=len(table) - 1)
+            known = table[ids] == codes
+            dropped += int((~known).sum())
+            parts.append(ids[known].astype(dtype))
+        if dropped:
             # the vocabulary is the train split's; a test character it lacks cannot
             # be scored by any model, so it is dropped (and reported)
-            warnings.warn(f"{self.name}: dropped {int((~known).sum())} {split} characters not in the train vocabulary")
-            ids = ids[known]
-        return ids
+            warnings.warn(f"{self.name}: dropped {dropped} {split} characters not in the train vocabulary")
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     def encode(self, text: str) -> torch.Tensor:
         """Characters to ids; raises ValueError for a character not in the vocabulary."""
@@ -342,7 +347,8 @@ class HubTextDataset(Dataset):
 
     def fingerprint_fields(self) -> dict:
         source = self.hf_path if self.data_files is None else "local files"
-        return {**super().fingerprint_fields(), "seq_len": self.seq_len, "vocab_size": len(self.vocab), "source": source}
+        fields = super().fingerprint_fields()
+        return {**fields, "seq_len": self.seq_len, "vocab_size": len(self.vocab), "source": source}
 
 
 class Text8(HubTextDataset):
