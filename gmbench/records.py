@@ -29,7 +29,14 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that defines one run."""
+    """Everything that defines one run.
+
+    ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast in training forward
+    passes and sampling). ``load`` is a file evaluated instead of training: a
+    safetensors checkpoint (``gmbench run --load``) or a samples file
+    (``gmbench eval``). Both enter the spec hash only when set, so the hashes
+    of plain fp32 trained runs do not depend on these fields existing.
+    """
 
     method: str
     dataset: str
@@ -37,11 +44,17 @@ class RunSpec:
     seed: int = 0
     device: str = "cpu"
     hparams: tuple = field(default_factory=tuple)  # sorted (key, value) pairs
+    precision: str = "fp32"
+    load: str | None = None
 
     def key(self) -> dict:
         d = asdict(self)
         d["hparams"] = dict(self.hparams)
         d.pop("device")  # the device does not change what is being measured
+        if d["precision"] == "fp32":
+            d.pop("precision")
+        if d["load"] is None:
+            d.pop("load")
         return d
 
     @property

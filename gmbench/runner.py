@@ -21,6 +21,8 @@ import torch
 
 from gmbench.data import make_dataset
 from gmbench.evaluate import evaluate, one_line
+from gmbench.execution.precision import autocast, autocast_sampling
+from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
 from gmbench.method import validate_method_class
 from gmbench.plugins import Registries
 from gmbench.records import SCHEMA_VERSION, RunSpec, finished, fingerprint, provenance, write_record
@@ -77,10 +79,9 @@ def _peak_memory_mb(device: torch.device) -> dict:
     return out
 
 
-def run_one(spec: RunSpec, reg: Registries, out_dir: str | Path, cache_dir: str | None = None) -> dict:
-    """Train, sample and score one run; write and return its record."""
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    record: dict = {
+def new_record(spec: RunSpec) -> dict:
+    """The fields every record has, before the run (status ``failed`` until it succeeds)."""
+    return {
         "schema": SCHEMA_VERSION,
         "method": spec.method,
         "dataset": spec.dataset,
@@ -88,26 +89,47 @@ def run_one(spec: RunSpec, reg: Registries, out_dir: str | Path, cache_dir: str 
         "seed": spec.seed,
         "hparams": dict(spec.hparams),
         "spec_hash": spec.spec_hash,
+        "precision": spec.precision,
+        "source": "loaded" if spec.load else "trained",
         "status": "failed",
         "error": None,
-        "started_at": started,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "train": None,
         "metrics": [],
         "cost": {},
     }
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for a failed run (allocation failures name the memory cap)."""
+    from gmbench.execution.limits import memory_error_message
+
+    return memory_error_message(exc) or one_line(exc)
+
+
+def run_one(
+    spec: RunSpec,
+    reg: Registries,
+    out_dir: str | Path,
+    cache_dir: str | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> dict:
+    """Train (or load), sample and score one run; write and return its record.
+
+    With ``checkpoint_dir`` the trained weights are saved there as safetensors
+    (see :mod:`gmbench.loading`), so ``gmbench run --load`` can evaluate them again.
+    """
+    record = new_record(spec)
     _notify(reg, "gmbench_run_start", spec=spec)
     try:
-        _execute(spec, reg, record, cache_dir)
-        ok_metrics = [m for m in record["metrics"] if m.get("error") is None and m.get("value") is not None]
-        if not ok_metrics:
-            errors = [m["error"] for m in record["metrics"] if m.get("error")]
-            raise RuntimeError("no metric could be computed" + (f": {errors[0]}" if errors else ""))
+        _execute(spec, reg, record, cache_dir, checkpoint_dir)
+        _require_sample_metrics(record["metrics"])
         record["status"] = "ok"
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - isolation: anything a plugin does is a failed record
         record["status"] = "failed"
-        record["error"] = one_line(exc)
+        record["error"] = failure_message(exc)
         record["traceback"] = traceback.format_exc(limit=20)
     finally:
         gc.collect()
@@ -117,7 +139,20 @@ def run_one(spec: RunSpec, reg: Registries, out_dir: str | Path, cache_dir: str 
     return record
 
 
-def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None) -> None:
+def _require_sample_metrics(entries: list[dict]) -> None:
+    """A run none of whose samplers produced scorable samples has failed.
+
+    (A sampler that fails at one NFE but works at others is a result worth
+    showing: the run stays ok and the failed entries carry their errors.)
+    """
+    sampled = [e for e in entries if e.get("sampler") is not None]
+    if sampled and all(e.get("error") for e in sampled):
+        raise RuntimeError(f"no sampler produced usable samples: {sampled[0]['error']}")
+    if not any(e.get("error") is None and e.get("value") is not None for e in entries):
+        raise RuntimeError("no metric could be computed")
+
+
+def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None, checkpoint_dir=None) -> None:
     budget = reg.budgets.get(spec.budget)
     cls = reg.methods.get(spec.method)
     validate_method_class(cls)
@@ -139,6 +174,8 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         "metrics": {m.name: m.version for m in metrics},
         "schema": SCHEMA_VERSION,
     }
+    if spec.precision != "fp32":  # fp32 fingerprints stay those of records written before precision existed
+        fields["precision"] = spec.precision
     record["fingerprint_fields"] = fields
     record["fingerprint"] = fingerprint(fields)
 
@@ -148,21 +185,29 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     method = cls(data_spec, model_size=budget.model_size, **dict(spec.hparams)).to(device)
     generator = torch.Generator().manual_seed(spec.seed)  # data order and stage preparation
 
-    t0 = time.perf_counter()
-    stages = train(method, dataset.split("train").x, budget, modality, generator)
-    train_seconds = time.perf_counter() - t0
-    record["train"] = {
-        "stages": [s.to_dict() for s in stages],
-        "steps": sum(s.steps for s in stages),
-        "flops": sum(s.flops for s in stages),
-        "flops_allowed": budget.flops_for(modality),
-        "seconds": train_seconds,
-    }
+    train_seconds = None
+    if spec.load:  # evaluate given weights: no training, no training cost claimed
+        record["load"] = load_weights(method, spec.load)
+    else:
+        t0 = time.perf_counter()
+        with autocast(device, spec.precision):
+            stages = train(method, dataset.split("train").x, budget, modality, generator)
+        train_seconds = time.perf_counter() - t0
+        record["train"] = {
+            "stages": [s.to_dict() for s in stages],
+            "steps": sum(s.steps for s in stages),
+            "flops": sum(s.flops for s in stages),
+            "flops_allowed": budget.flops_for(modality),
+            "seconds": train_seconds,
+        }
+        if checkpoint_dir is not None:
+            record["checkpoint"] = save_checkpoint(method, checkpoint_path(checkpoint_dir, spec), {"spec": spec.key()})
+    autocast_sampling(method, spec.precision)
     entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, cache_dir=cache_dir)
     record["metrics"] = entries
     record["cost"] = {
         "params": method.num_parameters(),
-        "train_flops": record["train"]["flops"],
+        "train_flops": record["train"]["flops"] if record["train"] else None,
         "train_seconds": train_seconds,
         "sampling": sampling,
         "peak_memory": _peak_memory_mb(device),
@@ -190,17 +235,32 @@ def run_all(
     out_dir: str | Path,
     resume: bool = False,
     on_record: Callable[[RunSpec, dict | None, int, int], None] | None = None,
+    executor=None,
 ) -> list[dict]:
-    """Run every spec in order (``--resume`` skips those with an ok record)."""
-    records = []
+    """Run every spec of ``matrix`` with ``executor`` (default: in-process, in order).
+
+    ``resume`` skips specs that already have an ok record, so failed and
+    missing runs are exactly what is redone. ``on_record(spec, record, i, n)``
+    is called as runs finish (``record=None`` for a skipped one). Executors
+    live in :mod:`gmbench.execution`.
+    """
+    from gmbench.execution.inprocess import InProcessExecutor
+
+    executor = executor or InProcessExecutor()
     total = len(matrix.specs)
-    for i, spec in enumerate(matrix.specs):
+    pending, done = [], 0
+    for spec in matrix.specs:
         if resume and finished(out_dir, spec):
+            done += 1
             if on_record:
-                on_record(spec, None, i + 1, total)
-            continue
-        rec = run_one(spec, reg, out_dir)
-        records.append(rec)
+                on_record(spec, None, done, total)
+        else:
+            pending.append(spec)
+
+    def report(spec: RunSpec, rec: dict) -> None:
+        nonlocal done
+        done += 1
         if on_record:
-            on_record(spec, rec, i + 1, total)
-    return records
+            on_record(spec, rec, done, total)
+
+    return executor.run(pending, reg, out_dir, report)

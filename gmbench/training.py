@@ -146,6 +146,11 @@ def train(
             with meter.step():
                 losses = apply(method.training_step(stage.name, batch, meter.steps), meter.steps)
             method.on_step_end(stage.name, meter.steps - 1)
+            if meter.steps == 1 and meter.total == 0:
+                raise MethodError(
+                    f"a step of stage {stage.name!r} counted 0 FLOPs: the FLOP budget needs the step's matrix "
+                    "products to run under torch (no numpy or custom kernels the counter cannot see)"
+                )
             if meter.steps == 1 and meter.total > allowance:
                 raise TrainingFailed(
                     f"one step of stage {stage.name!r} costs {meter.total:.3g} FLOPs, more than its allowance "

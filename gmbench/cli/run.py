@@ -18,8 +18,26 @@ from tabulate import tabulate
 @click.option("--resume", is_flag=True, help="Skip runs that already have an ok record in --out.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--online", is_flag=True, help="Allow hub datasets to be downloaded.")
-def run(plugins, datasets, budget, seeds, out_dir, resume, device, online) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine (in-process, or --jobs worker processes); ray: one Ray task per run.")
+@click.option("--jobs", type=int, default=None, help="Run N runs at a time in isolated worker processes (local executor).")
+@click.option("--ray-address", default=None, help="Existing Ray cluster (host:port or 'auto'); default starts a local Ray.")
+@click.option("--cpus-per-run", type=float, default=1, show_default=True, help="CPUs Ray reserves per run (and its torch threads).")
+@click.option("--gpus-per-run", type=float, default=None, help="GPUs Ray reserves per run [default: 1 with --device cuda, else 0].")
+@click.option("--memory-cap-mb", type=int, default=None, help="Per-run memory cap in worker processes (address space beyond start-up).")
+@click.option("--grace", "grace_s", type=float, default=60, show_default=True,
+              help="Seconds past a run's training + evaluation caps before its worker is killed as hung.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: autocast training forward passes and sampling (part of the fingerprint).")
+@click.option("--deterministic", is_flag=True, help="Deterministic torch kernels (see docs/scaling.md).")
+@click.option("--load", "loads", multiple=True, metavar="METHOD=PATH",
+              help="Evaluate METHOD from a safetensors checkpoint instead of training it (repeatable).")
+@click.option("--save-checkpoints", "checkpoint_dir", default=None, type=click.Path(file_okay=False),
+              help="Save each trained run's weights here (safetensors), for --load.")
+def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, executor, jobs, ray_address, cpus_per_run,
+        gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, checkpoint_dir) -> None:
     """Run every selected method on every dataset it supports, then rank them."""
+    from gmbench.execution import ExecutionError, RunOptions, make_executor
     from gmbench.plugins import Registries
     from gmbench.runner import expand, run_all
 
@@ -29,23 +47,67 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, device, online) -> No
     matrix = expand(reg, plugins=plugins, datasets=datasets, budget=budget, seeds=_parse_seeds(seeds), device=device)
     if not matrix.specs:
         raise click.ClickException("nothing to run: no selected method supports the selected datasets")
+    matrix.specs = _configure(matrix.specs, precision, _parse_loads(loads, {s.method for s in matrix.specs}))
+    if memory_cap_mb and device.startswith("cuda"):
+        raise click.BadParameter("cannot cap host address space with CUDA (the driver reserves tens of GB of it); "
+                                 "leave it out: GPU out-of-memory errors become failed records anyway", param_hint="--memory-cap-mb")
+    if executor == "ray" and device.startswith("cuda:"):
+        raise click.BadParameter("under Ray use --device cuda: Ray assigns each run its GPU", param_hint="--device")
+    if gpus_per_run is None:
+        gpus_per_run = 1 if device.startswith("cuda") else 0
+    options = RunOptions(checkpoint_dir=checkpoint_dir, memory_cap_mb=memory_cap_mb, grace_s=grace_s, deterministic=deterministic)
+    try:
+        runner = make_executor(executor, jobs=jobs, options=options, ray_address=ray_address,
+                               cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+    except ExecutionError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"gmbench: {len(matrix.specs)} runs at budget {budget!r} -> {Path(out_dir).resolve()}")
 
     def progress(spec, rec, i, total):
         head = f"[{i}/{total}] {spec.method} on {spec.dataset} seed {spec.seed}"
         if rec is None:
             click.echo(f"{head}: already done (resume)")
+        elif rec["status"] == "ok" and rec.get("train") is None:
+            click.echo(f"{head}: ok (loaded {Path(rec['load']['path']).name})")
         elif rec["status"] == "ok":
             click.echo(f"{head}: ok in {rec['train']['seconds']:.1f}s train, {rec['train']['steps']} steps")
         else:
             click.echo(f"{head}: FAILED: {rec['error']}", err=True)
 
-    records = run_all(matrix, reg, out_dir, resume=resume, on_record=progress)
+    try:
+        with runner:
+            records = run_all(matrix, reg, out_dir, resume=resume, on_record=progress, executor=runner)
+    except ExecutionError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("")
     click.echo(summary_table(reg, out_dir, [s.spec_hash for s in matrix.specs]))
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         click.echo(f"{len(failed)} run(s) failed; see their records in {out_dir}", err=True)
+
+
+def _parse_loads(loads: tuple[str, ...], methods: set[str]) -> dict[str, str]:
+    """``METHOD=PATH`` options to ``{method: absolute path}``; the files are checked now, not mid-suite."""
+    from gmbench.loading import LoadError, check_checkpoint_path
+
+    out = {}
+    for item in loads:
+        method, sep, path = item.partition("=")
+        if not sep or not method or not path:
+            raise click.BadParameter(f"{item!r}: use METHOD=PATH", param_hint="--load")
+        if method not in methods:
+            raise click.BadParameter(f"{method!r} is not among the runs selected ({', '.join(sorted(methods))})", param_hint="--load")
+        try:
+            out[method] = str(check_checkpoint_path(path).resolve())
+        except LoadError as exc:
+            raise click.BadParameter(str(exc), param_hint="--load") from None
+    return out
+
+
+def _configure(specs, precision: str, loads: dict[str, str]):
+    from dataclasses import replace
+
+    return [replace(s, precision=precision, load=loads.get(s.method)) for s in specs]
 
 
 def _parse_seeds(text: str) -> list[int]:

@@ -1,5 +1,5 @@
 """Metrics: the contract (:mod:`gmbench.metrics.base`) and the built-in metrics."""
 
-from gmbench.metrics.base import EvalContext, Metric, MetricError, MetricOutput
+from gmbench.metrics.base import EvalContext, Metric, MetricError, MetricOutput, MetricSkipped
 
-__all__ = ["EvalContext", "Metric", "MetricError", "MetricOutput"]
+__all__ = ["EvalContext", "Metric", "MetricError", "MetricOutput", "MetricSkipped"]

@@ -12,6 +12,12 @@ knowing the metric. A metric is either
 
 Bump ``version`` whenever a change can move a number: it enters the record's
 fingerprint, and records with different fingerprints are never compared.
+Everything else a value depends on (sample counts, reference split, feature
+extractor and the hash of its weights...) goes into ``fingerprint_fields``.
+
+A metric that cannot run in this environment (no Inception weights, no GPT-2)
+raises :class:`MetricSkipped`: the record gets a ``skipped`` note instead of a
+value, and nothing fails. Samples it cannot score raise :class:`MetricError`.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+import os
+from pathlib import Path
+
 import torch
 
 if TYPE_CHECKING:
+    from gmbench.budget import Budget
     from gmbench.data.base import Dataset
     from gmbench.method import Method
 
@@ -31,6 +41,10 @@ DIRECTIONS = ("lower", "higher")
 
 class MetricError(ValueError):
     """Samples a metric cannot score (NaN, wrong shape or range); one-line message."""
+
+
+class MetricSkipped(RuntimeError):
+    """A metric that cannot run here (missing optional weights); the message says how to enable it."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,23 @@ class MetricOutput:
 
 @dataclass
 class EvalContext:
-    """What a metric may use besides the samples."""
+    """What a metric may use besides the samples.
+
+    Attributes:
+        dataset: the run's dataset (its test split is the usual reference).
+        n_samples: samples drawn per sampler and NFE.
+        seed: the run's seed.
+        device: where the method lives; metrics may compute there.
+        cache_dir: on-disk cache root (reference statistics, the reference
+            language model); ``None`` means ``$GMBENCH_CACHE_DIR`` or ``~/.cache/gmbench``.
+        options: user options, e.g. ``inception_weights``, ``feature_extractor``,
+            ``fid_reference_split`` (see docs/metrics.md).
+        budget: the run's budget (the reference language model trains under it).
+        extractors: image feature extractors by name, as registered through
+            ``gmbench_register_feature_extractors`` (``None``: the built-ins).
+        memo: per-evaluation scratch space, so a metric computes data-side
+            statistics once per run rather than once per sampler and NFE.
+    """
 
     dataset: "Dataset"
     n_samples: int
@@ -57,10 +87,26 @@ class EvalContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_dir: str | None = None
     options: dict = field(default_factory=dict)
+    budget: "Budget | None" = None
+    extractors: dict | None = None
+    memo: dict = field(default_factory=dict)
 
     @property
     def test(self) -> torch.Tensor:
         return self.dataset.split("test").x
+
+    def cache_path(self, *parts: str, folder: bool = False) -> Path:
+        """A path under the cache root; its folder (or, with ``folder``, itself) is created."""
+        root = self.cache_dir or os.environ.get("GMBENCH_CACHE_DIR") or os.path.join(Path.home(), ".cache", "gmbench")
+        path = Path(root, *parts)
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+        return path
+
+    def memoised(self, key, compute):
+        """``compute()`` once per evaluation for ``key``."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
 
 class Metric(ABC):

@@ -88,10 +88,10 @@ class TinyGAN(Method):
         bce = nn.functional.binary_cross_entropy_with_logits
         real_logit, fake_logit = self.disc(batch), self.disc(fake.detach())
         d_loss = bce(real_logit, torch.ones_like(real_logit)) + bce(fake_logit, torch.zeros_like(fake_logit))
-        self.order.append(("disc", float(self.disc[0].weight.sum())))
+        self.order.append(("disc", float(self.disc[0].weight.detach().sum())))
         yield "disc", d_loss
         # computed after the host stepped the discriminator: sees its new weights
-        self.order.append(("gen", float(self.disc[0].weight.sum())))
+        self.order.append(("gen", float(self.disc[0].weight.detach().sum())))
         g_logit = self.disc(self.gen(z))
         yield "gen", bce(g_logit, torch.ones_like(g_logit))
 
@@ -106,17 +106,16 @@ class TwoStage(Method):
     modalities = ("toy2d",)
     samplers = (SamplerInfo("direct", adjustable_nfe=False, default_nfe=1),)
     likelihood = "none"
-    prep_size = 64
 
     def __init__(self, data, model_size="tiny"):
         super().__init__(data, model_size)
         self.enc = nn.Linear(2, 2)
-        self.prior = nn.ParameterDict({"mu": nn.Parameter(torch.zeros(2))})
-        self.mixer = nn.Linear(2, self.prep_size, bias=False)
-        self.seen_stage_data = {}
+        self.prior = nn.Linear(2, 2)
+        self.stage_data = {}
+        self.stage_steps = {"autoencoder": 0, "latent": 0}
 
     def modules(self):
-        return {"enc": self.enc, "prior": self.prior, "mixer": self.mixer}
+        return {"enc": self.enc, "prior": self.prior}
 
     def stages(self):
         return [
@@ -125,21 +124,21 @@ class TwoStage(Method):
         ]
 
     def on_stage_start(self, stage, train_x, generator):
-        if stage == "latent":
+        if stage == "latent":  # encode the whole training set: counted work inside training
             with torch.no_grad():
                 z = self.enc(train_x)
-                self.mixer(z)  # counted "generation" work inside training
-            self.seen_stage_data[stage] = z
+            self.stage_data[stage] = z
             return z
         return None
 
     def training_step(self, stage, batch, step):
+        self.stage_steps[stage] += 1
         if stage == "autoencoder":
             return {"ae": (self.enc(batch) - batch).pow(2).mean()}
-        return {"prior": (batch - self.prior["mu"]).pow(2).mean()}
+        return {"prior": (self.prior(batch) - batch).pow(2).mean()}
 
     def sample(self, n, sampler, nfe, generator):
-        return self.prior["mu"] + torch.randn(n, 2, generator=generator)
+        return self.prior(torch.randn(n, 2, generator=generator))
 
 
 class BrokenTrain(GaussianFit):
@@ -186,3 +185,25 @@ class FakePlugin:
     def gmbench_register_methods(self, register):
         for cls in self.classes:
             register(cls)
+
+
+# A budget small enough for the fakes: a few hundred steps, a second or two.
+from gmbench.budget import Budget  # noqa: E402
+
+TINY_BUDGET = Budget(
+    name="tiny-test",
+    train_flops={"toy2d": 1.0e6, "image": 4.0e6, "text": 4.0e6},
+    batch_size={"toy2d": 64, "image": 32, "text": 16},
+    wall_clock_s=30,
+    model_size="tiny",
+    eval_samples={"toy2d": 256, "image": 64, "text": 16},
+    nfe_grid=(2, 4),
+    eval_timeout_s=30,
+    description="for tests of the host with fake methods",
+)
+
+
+class TinyBudgetPlugin:
+    @hookimpl
+    def gmbench_register_budgets(self, register):
+        register(TINY_BUDGET)

@@ -1,0 +1,23 @@
+"""`gmbench leaderboard`: markdown boards and plots from run records."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for index.md, the boards and their plots.")
+@click.option("--allow-mixed", is_flag=True, help="Put records with different protocol fingerprints on one board (marked as such).")
+def leaderboard(results, out_dir, allow_mixed) -> None:
+    """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files)."""
+    from gmbench.leaderboard import dedupe, load_results, write_leaderboards
+    from gmbench.plugins import Registries
+
+    records = load_results(results)
+    _, dropped = dedupe(records)
+    if dropped:
+        click.echo(f"gmbench: {dropped} duplicate record(s) of the same run ignored (the latest is kept)", err=True)
+    paths = write_leaderboards(records, out_dir, Registries(), allow_mixed=allow_mixed)
+    boards = sum(1 for p in paths if p.suffix == ".md") - 1
+    click.echo(f"gmbench: {boards} board(s) from {len(records) - dropped} run(s) -> {paths[0]}")

@@ -1,0 +1,70 @@
+"""Runs one after another in this process (the default, and what tests use).
+
+No isolation beyond ``run_one``'s: an exception, NaN or a cap checked between
+steps becomes a failed record. A hang *inside* one step (or one sampler call)
+cannot be stopped from Python safely, so a ``SIGALRM`` watchdog raises in the
+main thread once the run has used its training cap + evaluation cap + grace.
+That interrupts Python code and interruptible waits (sleep, I/O); a C routine
+that never returns to the interpreter (a deadlocked kernel) is only
+interrupted when it returns — use ``--jobs N`` (worker processes, killed
+from outside) where that matters. Memory caps need worker processes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+
+from gmbench.execution.base import ExecutionError, Executor, Report, write_failed
+from gmbench.execution.limits import make_deterministic
+from gmbench.records import RunSpec
+
+
+class RunHung(RuntimeError):
+    """A run past its hard deadline (training cap + evaluation cap + grace)."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float, message: str):
+    """Raise :class:`RunHung` in the main thread after ``seconds`` (no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise RunHung(message)
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class InProcessExecutor(Executor):
+    name = "local"
+
+    def run(self, specs: list[RunSpec], reg, out_dir: str | Path, report: Report | None = None) -> list[dict]:
+        from gmbench.runner import run_one
+
+        if self.options.memory_cap_mb:
+            raise ExecutionError("--memory-cap-mb needs worker processes: add --jobs N or use --executor ray")
+        if self.options.deterministic:
+            make_deterministic()
+        records = []
+        for spec in specs:
+            limit = self.options.hard_timeout_s(reg.budgets.get(spec.budget))
+            message = f"no result after {limit:g}s (training cap + evaluation cap + {self.options.grace_s:g}s grace): run hung"
+            try:
+                with watchdog(limit, message):
+                    rec = run_one(spec, reg, out_dir, self.options.cache_dir, self.options.checkpoint_dir)
+            except RunHung as exc:  # fired outside run_one's own handler (e.g. while writing)
+                rec = write_failed(reg, out_dir, spec, f"RunHung: {exc}")
+            records.append(rec)
+            if report:
+                report(spec, rec)
+        return records

@@ -1,0 +1,266 @@
+"""Evaluate weights or samples instead of training: checkpoints and external samples.
+
+Checkpoints are safetensors files only. A ``.pt``/``.pth``/``.ckpt``/``.bin``
+file is a pickle, and unpickling runs whatever code the file carries, so gmbench
+refuses it and says how to convert it once, in an environment you trust.
+Tensor names are those of :meth:`gmbench.method.Method.state_dict`
+(``<module>.<parameter>``), which is what ``gmbench run --save-checkpoints``
+writes, so a trained run's weights can be evaluated again with ``--load``.
+
+External samples (``gmbench eval``) come as a ``.npy``/``.npz`` array (read
+with ``allow_pickle=False``), a folder of images or a text file, and are
+checked against the dataset's shape, dtype and range before any metric sees
+them. Loading from a model hub by id is not supported yet: download the file
+and pass its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gmbench.method import Method, MethodError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class LoadError(ValueError):
+    """A checkpoint or samples file gmbench will not or cannot use; one-line message."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- checkpoints ---------------------------------------------------------------------
+
+
+def _refuse_pickle(path: Path) -> LoadError:
+    target = path.with_suffix(".safetensors").name
+    return LoadError(
+        f"{path.name} is a pickle-based checkpoint and gmbench never unpickles files (loading one can run code); "
+        f"convert it once where you trust it: python -c \"import torch, safetensors.torch as st; "
+        f"st.save_file(torch.load('{path}', weights_only=True), '{target}')\" (tensor names: <module>.<parameter>)"
+    )
+
+
+def _check_safetensors_header(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip format, or a raw pickle
+        raise _refuse_pickle(path)
+    if len(head) < 9 or head[8:9] != b"{" or struct.unpack("<Q", head[:8])[0] > os.path.getsize(path):
+        raise LoadError(f"{path} is not a safetensors file")
+
+
+def check_checkpoint_path(path: str | Path) -> Path:
+    """Refuse, with one line, anything but an existing safetensors file."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _refuse_pickle(path)
+    if not path.is_file():
+        raise LoadError(f"no such checkpoint file: {path}")
+    _check_safetensors_header(path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = check_checkpoint_path(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoadError(f"cannot read safetensors file {path}: {first}") from None
+
+
+def load_weights(method: Method, path: str | Path) -> dict:
+    """Load a checkpoint into ``method``; return ``{"path", "sha256", "tensors"}`` for the record.
+
+    Raises :class:`LoadError` for a file it refuses and
+    :class:`~gmbench.method.MethodError` for tensors that do not fit the method.
+    """
+    state = read_checkpoint(path)
+    modules = method.modules()
+    stray = sorted(k for k in state if not any(k.startswith(m + ".") for m in modules))
+    if stray:
+        raise MethodError(
+            f"checkpoint does not fit method {method.name!r}: tensor {stray[0]!r} belongs to none of its modules "
+            f"({', '.join(modules)}); was it saved from another method or model size?"
+        )
+    method.load_state_dict(state)
+    return {"path": str(Path(path).resolve()), "sha256": sha256_file(path), "tensors": len(state)}
+
+
+def checkpoint_path(checkpoint_dir: str | Path, spec) -> Path:
+    """Where ``--save-checkpoints`` puts a run's weights: the record's name, ``.safetensors``."""
+    return Path(checkpoint_dir) / (Path(spec.filename).stem + ".safetensors")
+
+
+def save_checkpoint(method: Method, path: str | Path, metadata: dict | None = None) -> dict:
+    """Write ``method``'s weights as safetensors, atomically; return ``{"path", "sha256"}``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in method.state_dict().items()}
+    meta = {"gmbench_method": method.name, **{k: json.dumps(v, sort_keys=True, default=str) for k, v in (metadata or {}).items()}}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+# -- external samples ------------------------------------------------------------------
+
+
+def read_samples(path: str | Path):
+    """Raw samples from a file: a numpy array, or a list of text lines.
+
+    ``.npy``/``.npz`` are read with ``allow_pickle=False``; a folder is read as
+    images (sorted by name); any other file as UTF-8 text, one sample per line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"no such samples file or folder: {path}")
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise LoadError(f"{path.name}: gmbench never unpickles files; save the samples with numpy.save as a .npy array")
+    if path.is_dir():
+        return _read_image_folder(path)
+    if suffix in (".npy", ".npz"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                raise LoadError(f"{path.name} holds Python objects, which gmbench never unpickles; save a numeric array") from None
+            raise LoadError(f"cannot read {path.name}: {exc}") from None
+        if suffix == ".npy":
+            return data
+        with data:
+            keys = list(data.files)
+            key = keys[0] if len(keys) == 1 else "samples" if "samples" in keys else None
+            if key is None:
+                raise LoadError(f"{path.name} holds arrays {', '.join(keys)}: keep one, or name the samples 'samples'")
+            return data[key]
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise LoadError(f"{path.name} is neither .npy/.npz, an image folder nor UTF-8 text") from None
+
+
+def _read_image_folder(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise LoadError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    arrays = []
+    for f in files:
+        with Image.open(f) as im:
+            arrays.append(np.asarray(im.convert("L") if im.mode in ("1", "L", "P", "I", "I;16") else im.convert("RGB")))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise LoadError(f"images in {path} differ in size or mode: {sorted(shapes)[:3]}")
+    return np.stack(arrays)
+
+
+def samples_to_tensor(raw, dataset) -> torch.Tensor:
+    """Convert raw samples to the dataset's own format, or raise a one-line LoadError.
+
+    Images: ``(N, C, H, W)`` or ``(N, H, W, C)`` (``(N, H, W)`` for one
+    channel), either uint8 levels ``0..levels-1`` or floats already in the
+    data range. toy2d: floats ``(N, 2)``. Text: integer ids ``(N, L)`` or
+    lines of exactly ``L`` characters of the dataset's vocabulary.
+    """
+    from gmbench.metrics.base import MetricError, check_samples
+
+    spec = dataset.spec()
+    if isinstance(raw, list):
+        x = _encode_lines(raw, dataset, spec)
+    else:
+        arr = np.asarray(raw)
+        if arr.dtype.kind not in "biuf":
+            raise LoadError(f"samples have dtype {arr.dtype}; expected numbers")
+        x = {"image": _image_tensor, "toy2d": _toy2d_tensor, "text": _text_tensor}[spec.modality](arr, spec)
+    if len(x) == 0:
+        raise LoadError("the samples file holds no samples")
+    try:
+        return check_samples(x, dataset)
+    except MetricError as exc:
+        raise LoadError(str(exc)) from None
+
+
+def _image_tensor(arr: np.ndarray, spec) -> torch.Tensor:
+    c, h, w = spec.shape
+    if arr.ndim == 3 and c == 1:
+        arr = arr[:, None]
+    if arr.ndim == 4 and arr.shape[1:] != (c, h, w) and arr.shape[1:] == (h, w, c):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim != 4 or arr.shape[1:] != (c, h, w):
+        raise LoadError(f"image samples have shape {arr.shape}; expected (N, {c}, {h}, {w}) or (N, {h}, {w}, {c})")
+    lo, hi = spec.value_range
+    if arr.dtype.kind in "biu":
+        levels = spec.levels or 256
+        if arr.dtype != np.uint8 or arr.max() > levels - 1:
+            raise LoadError(f"integer image samples must be uint8 levels 0..{levels - 1} for {spec.name}; "
+                            f"got {arr.dtype} in {arr.min()}..{arr.max()}")
+        return torch.from_numpy(arr.astype(np.float32)) / (levels - 1) * (hi - lo) + lo
+    tol = 1e-3 * (hi - lo)
+    if not np.isfinite(arr).all():
+        raise LoadError(f"{int((~np.isfinite(arr)).reshape(len(arr), -1).any(1).sum())} image samples contain NaN or inf")
+    if arr.min() < lo - tol or arr.max() > hi + tol:
+        raise LoadError(f"float image samples must lie in the data range [{lo:g}, {hi:g}]; got [{arr.min():.3g}, {arr.max():.3g}] "
+                        "(pass uint8 levels instead, or rescale)")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _toy2d_tensor(arr: np.ndarray, spec) -> torch.Tensor:
+    if arr.ndim != 2 or arr.shape[1:] != tuple(spec.shape):
+        raise LoadError(f"toy2d samples have shape {arr.shape}; expected (N, {spec.shape[0]})")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _text_tensor(arr: np.ndarray, spec) -> torch.Tensor:
+    if arr.dtype.kind not in "iu":
+        raise LoadError(f"text samples must be integer token ids, got {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != spec.shape[0]:
+        raise LoadError(f"text samples have shape {arr.shape}; expected (N, {spec.shape[0]}) token ids")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _encode_lines(lines: list[str], dataset, spec) -> torch.Tensor:
+    if spec.modality != "text":
+        raise LoadError(f"a text file cannot hold {spec.modality} samples; use a .npy array")
+    if not hasattr(dataset, "encode"):
+        raise LoadError(f"dataset {spec.name} cannot encode text; pass token ids as a .npy array")
+    length = spec.shape[0]
+    lines = [ln for ln in lines if ln]
+    for i, ln in enumerate(lines):
+        if len(ln) != length:
+            raise LoadError(f"line {i + 1} has {len(ln)} characters; every sample line must have exactly {length} (seq_len)")
+    try:
+        return torch.stack([torch.as_tensor(dataset.encode(ln), dtype=torch.long) for ln in lines]) if lines else torch.zeros(0, length, dtype=torch.long)
+    except ValueError as exc:
+        raise LoadError(f"{str(exc).splitlines()[0]}") from None

@@ -1,0 +1,23 @@
+"""Shared fixtures: registries with throwaway plugins, never installed ones."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Hub datasets must never try the network in tests.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
+def fake_registries():
+    """Registries holding only the fake methods (no entry points) plus a tiny budget."""
+    from gmbench.plugins import Registries, make_plugin_manager
+    from tests.plugins.fake_methods import FakePlugin, TinyBudgetPlugin
+
+    def make(*classes):
+        pm = make_plugin_manager(extra_plugins=(FakePlugin(*classes), TinyBudgetPlugin()), load_entrypoints=False)
+        return Registries(pm)
+
+    return make

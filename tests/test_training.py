@@ -1,0 +1,123 @@
+"""The host's training loop: optimizers per stage, alternating updates,
+two-stage budgets, FLOP metering and enforcement, NaN and clock guards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gmbench.budget import BudgetExceeded, StepFlopMeter, count_flops
+from gmbench.data.toy2d import EightGaussians
+from gmbench.method import MethodError
+from gmbench.training import TrainingFailed, train
+from tests.plugins.fake_methods import TINY_BUDGET, GaussianFit, NaNLoss, TinyGAN, TwoStage
+
+
+def _train(cls, budget=TINY_BUDGET, seed=0):
+    ds = EightGaussians()
+    torch.manual_seed(seed)
+    m = cls(ds.spec())
+    reports = train(m, ds.split("train").x, budget, "toy2d", torch.Generator().manual_seed(seed))
+    return m, reports
+
+
+def test_single_stage_stays_within_budget_and_uses_most_of_it():
+    m, (report,) = _train(GaussianFit)
+    allowed = TINY_BUDGET.flops_for("toy2d")
+    per_step = 2 * 64 * 2 * 2  # the one counted matmul: (64x2) @ (2x2)
+    assert report.flops <= allowed
+    assert report.steps == int(allowed // per_step)
+    assert report.flops == report.steps * per_step
+    assert m.steps_seen == list(range(report.steps))
+
+
+def test_gan_steps_discriminator_before_generator_loss_is_computed():
+    m, (report,) = _train(TinyGAN)
+    assert report.steps >= 2
+    assert [o for o, _ in m.order[:4]] == ["disc", "gen", "disc", "gen"]
+    # the generator's loss was computed with the discriminator already updated
+    for (o1, before), (o2, after) in zip(m.order[0::2], m.order[1::2]):
+        assert (o1, o2) == ("disc", "gen") and before != after
+    assert set(report.final_losses) == {"disc", "gen"}
+
+
+def test_two_stage_shares_and_stage_preparation_are_metered():
+    m, reports = _train(TwoStage)
+    ae, latent = reports
+    allowed = TINY_BUDGET.flops_for("toy2d")
+    assert [r.name for r in reports] == ["autoencoder", "latent"]
+    assert ae.flops <= 0.25 * allowed and latent.flops <= 0.75 * allowed
+    # encoding 20000 points with a 2x2 linear layer: 2*20000*2*2 FLOPs, charged to the latent stage
+    assert latent.prepare_flops == 2 * 20000 * 2 * 2
+    assert latent.flops >= latent.prepare_flops
+    assert m.stage_steps == {"autoencoder": ae.steps, "latent": latent.steps}
+    assert m.stage_data["latent"].shape == (20000, 2)
+    assert sum(r.flops for r in reports) <= allowed
+
+
+def test_nan_loss_fails_the_run():
+    with pytest.raises(TrainingFailed, match="nan at step 2"):
+        _train(NaNLoss)
+
+
+def test_wall_clock_cap_is_enforced():
+    from dataclasses import replace
+
+    with pytest.raises(BudgetExceeded, match="wall-clock cap"):
+        _train(GaussianFit, budget=replace(TINY_BUDGET, wall_clock_s=0.0))
+
+
+def test_budget_smaller_than_one_step_is_an_error():
+    from dataclasses import replace
+
+    tiny = replace(TINY_BUDGET, train_flops={"toy2d": 10.0})
+    with pytest.raises(TrainingFailed, match="more than its allowance"):
+        _train(GaussianFit, budget=tiny)
+
+
+def test_stage_shares_must_sum_to_one():
+    class Bad(TwoStage):
+        def stages(self):
+            return [s.__class__(s.name, s.optimizers, 0.5) for s in super().stages()][:1]
+
+    with pytest.raises(MethodError, match="sum to 1"):
+        _train(Bad)
+
+
+def test_unknown_optimizer_in_step_is_a_contract_error():
+    class Bad(GaussianFit):
+        def training_step(self, stage, batch, step):
+            return {"nope": super().training_step(stage, batch, step)["adam"]}
+
+    with pytest.raises(MethodError, match="unknown optimizer 'nope'"):
+        _train(Bad)
+
+
+def test_flop_meter_extrapolation_equals_counting_every_step():
+    net = torch.nn.Linear(16, 16)
+    x = torch.randn(8, 16)
+    exact = StepFlopMeter(exact_steps=10**9)
+    cheap = StepFlopMeter(exact_steps=3, recheck_every=7)
+    for _ in range(20):
+        for meter in (exact, cheap):
+            with meter.step():
+                net(x).sum().backward()
+    assert cheap.total == exact.total == 20 * (2 * 8 * 16 * 16) * 2  # forward + input-independent weight grad
+    assert cheap.counted_steps < exact.counted_steps
+
+
+def test_flop_meter_switches_to_exact_counting_when_cost_varies():
+    net = torch.nn.Linear(4, 4)
+    meter = StepFlopMeter(exact_steps=2, recheck_every=3)
+    sizes = [2, 2, 2, 2, 2, 2, 5, 5, 5, 5]
+    for n in sizes:
+        with meter.step():
+            net(torch.randn(n, 4))
+    assert meter.method == "counted every step"
+    # step 6 (n=5) was a recheck step: from then on every step is counted exactly
+    assert meter.total == sum(2 * n * 4 * 4 for n in sizes)
+
+
+def test_count_flops_counts_a_matmul():
+    _, flops = count_flops(torch.mm, torch.randn(3, 5), torch.randn(5, 7))
+    assert flops == 2 * 3 * 5 * 7
