@@ -312,7 +312,8 @@ def test_attention_flops_counted_on_cpu():
     with FlopCounterMode(display=False) as fm:
         net(x)
     counts = {str(k): v for k, v in fm.get_flop_counts()["Global"].items()}
-    width, heads, depth = 128, 4, 2
+    cfg = size_config("transformer", "tiny")
+    width, heads, depth = cfg["width"], cfg["heads"], cfg["depth"]
     # QK^T and AV: 2 matmuls of 2*L*L*head_dim flops per head, per example, per block
     expected_attn = depth * 2 * (2 * 16 * 16 * (width // heads)) * heads * 2
     attn = sum(v for k, v in counts.items() if "scaled_dot_product" in k)

@@ -53,7 +53,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "attention": True, "heads": 4, "dropout": 0.1},
     },
     "transformer": {
-        "tiny": {"width": 128, "depth": 2, "heads": 4, "mlp_ratio": 4, "dropout": 0.0},
+        "tiny": {"width": 64, "depth": 2, "heads": 4, "mlp_ratio": 4, "dropout": 0.0},
         "small": {"width": 128, "depth": 4, "heads": 4, "mlp_ratio": 4, "dropout": 0.0},
         "base": {"width": 512, "depth": 8, "heads": 8, "mlp_ratio": 4, "dropout": 0.1},
         "large": {"width": 768, "depth": 12, "heads": 12, "mlp_ratio": 4, "dropout": 0.1},
