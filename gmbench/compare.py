@@ -11,12 +11,16 @@ tolerance. A tolerance is the most lenient of its parts::
                        baseline's seeds (needs >= 2 seeds in the baseline)
     rel:0.05+abs:0.01  combined: worse by at most max(5%, 0.01)
 
-The default, ``rel:0.05+abs:0.01``, is sized for the smoke budget in CI: on the
-same machine a run is bit-for-bit reproducible, and across machines (other
-BLAS, other CPU) the numbers of a few hundred training steps move by a few
-percent; the absolute floor keeps values near zero (the share of off-support
-samples, 0.0 -> 0.002) from failing on noise. Cost numbers (seconds, samples/s)
-are never gated: wall time is not reproducible across machines.
+The default, ``rel:0.05+abs:0.01``, is sized for the smoke budget in CI, from
+measurements (DDPM and VAE, 8gaussians, smoke, CPU): on one machine a run is
+bit-for-bit reproducible; on another CPU code path (``ATEN_CPU_CAPABILITY=default``
+and MKL limited to AVX2 instead of AVX-512) sample metrics moved by at most
+4e-5 relative, but DDPM's stochastic test-NLL estimate by 1.25%; across seeds
+the same values spread by 0.5-2% (likelihoods) to 10-40% (sliced Wasserstein).
+So 5% passes platform noise and catches changes well inside seed noise; the
+absolute floor keeps values near zero (the share of off-support samples,
+0.002 -> 0.004) from failing on noise. Cost numbers (seconds, samples/s) are
+never gated: wall time is not reproducible across machines.
 
 The gate fails on any regression, on a run that failed, on a run or value
 that disappeared; it never fails on an improvement, a fixed run or a new run.

@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 
 from gmbench.data import make_dataset
-from gmbench.evaluate import _run_metric, eval_context
+from gmbench.evaluate import _run_metric, eval_context, metric_fingerprint_fields
 from gmbench.loading import LoadError, read_samples, samples_to_tensor, sha256_file
 from gmbench.plugins import Registries
 from gmbench.records import SCHEMA_VERSION, RunSpec, fingerprint, provenance, write_record
@@ -23,12 +23,16 @@ from gmbench.records import SCHEMA_VERSION, RunSpec, fingerprint, provenance, wr
 EXTERNAL_SAMPLER = "external"
 
 
-def protocol_fields(dataset, budget, metrics) -> dict:
-    """The fingerprint fields of a run on ``dataset`` at ``budget`` (as the runner computes them)."""
+def protocol_fields(dataset, budget, metrics, ctx) -> dict:
+    """The fingerprint fields of an fp32 run on ``dataset`` at ``budget``.
+
+    Must stay what ``runner._execute`` computes: tests/test_loading.py checks
+    that an external record and a trained run get the same fingerprint.
+    """
     return {
         **dataset.fingerprint_fields(),
         **budget.fingerprint_fields(dataset.modality),
-        "metrics": {m.name: m.version for m in metrics},
+        "metrics": metric_fingerprint_fields(metrics, ctx),
         "schema": SCHEMA_VERSION,
     }
 
@@ -59,7 +63,8 @@ def score_external(
     path = Path(samples_path).resolve()
     digest = sha256_file(path) if path.is_file() else _folder_digest(path)
     spec = RunSpec(label, dataset_token, budget.name, seed, device, load=f"{path}")
-    fields = protocol_fields(dataset, budget, metrics)
+    ctx = eval_context(dataset, budget, seed, device, cache_dir, extractors=reg.feature_extractors)
+    fields = protocol_fields(dataset, budget, metrics, ctx)
     record = {
         "schema": SCHEMA_VERSION,
         "method": label,
@@ -82,7 +87,6 @@ def score_external(
         "train": None,
         "cost": {"params": None, "train_flops": None, "train_seconds": None, "sampling": []},
     }
-    ctx = eval_context(dataset, budget, seed, device, cache_dir, extractors=reg.feature_extractors)
     entries = []
     for metric in (m for m in metrics if m.kind == "samples"):
         entries += _run_metric(metric, ctx, sampler=EXTERNAL_SAMPLER, nfe=None, samples=samples[:n])

@@ -118,22 +118,14 @@ def values_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def t_interval(values) -> tuple[float, float, int]:
-    """(mean, half-width of the 95% t-interval, n); the half-width is NaN for one value.
-
-    A local helper: gmbench has no shared statistics module yet. If one appears
-    (``gmbench.stats``), this should defer to it.
-    """
-    from scipy import stats
+    """(mean, half-width of the 95% Student-t interval, n); the half-width is NaN for one value."""
+    from gmbench.stats import summarize
 
     vals = [float(v) for v in values]
-    n = len(vals)
-    if n == 0:
+    if not vals:
         return math.nan, math.nan, 0
-    mean = sum(vals) / n
-    if n < 2:
-        return mean, math.nan, n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
+    s = summarize(vals)
+    return s.mean, math.nan if s.half_width is None else s.half_width, s.n
 
 
 def metric_directions(reg) -> dict[str, str]:
@@ -194,7 +186,7 @@ def build_boards(records: list[dict], reg, allow_mixed: bool = False) -> list[Bo
         by_nfe = _by_setting(v[v.name == metric])
         boards.append(Board(
             dataset, budget, metric, direction,
-            ranking=_rank(recs, v, by_nfe, metric, direction),
+            ranking=_rank(recs, v, by_nfe, direction),
             by_nfe=by_nfe,
             failed=[r for r in recs if r["status"] != "ok"],
             records=recs,
@@ -236,7 +228,10 @@ def _by_setting(v: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _rank(recs, v: pd.DataFrame, by_nfe: pd.DataFrame, metric: str, direction: str) -> list[dict]:
+def _rank(recs, v: pd.DataFrame, by_nfe: pd.DataFrame, direction: str) -> list[dict]:
+    """One row per method, best first. A method's setting is chosen among those
+    measured on the most seeds (a sampler that failed on some seeds must not win
+    on the lucky rest), then by mean, then by fewer NFE."""
     sign = 1.0 if direction == "lower" else -1.0
     rows = []
     for method in sorted({method_label(r) for r in recs}):
@@ -252,6 +247,7 @@ def _rank(recs, v: pd.DataFrame, by_nfe: pd.DataFrame, metric: str, direction: s
         }
         settings = by_nfe[by_nfe.method == method]
         if not settings.empty:
+            settings = settings[settings.n == settings.n.max()]
             best = min(settings.to_dict("records"), key=lambda s: (sign * s["mean"], s["nfe"] or 0, str(s["sampler"])))
             row.update({k: best[k] for k in ("mean", "ci", "n", "sampler", "nfe", "samples_per_s")})
         rows.append(row)

@@ -190,8 +190,8 @@ def samples_to_tensor(raw, dataset) -> torch.Tensor:
     """Convert raw samples to the dataset's own format, or raise a one-line LoadError.
 
     Images: ``(N, C, H, W)`` or ``(N, H, W, C)`` (``(N, H, W)`` for one
-    channel), either uint8 levels ``0..levels-1`` or floats already in the
-    data range. toy2d: floats ``(N, 2)``. Text: integer ids ``(N, L)`` or
+    channel), either uint8 pixels ``0..255`` (as image files hold them, whatever
+    the dataset's own quantisation) or floats already in the data range. toy2d: floats ``(N, 2)``. Text: integer ids ``(N, L)`` or
     lines of exactly ``L`` characters of the dataset's vocabulary.
     """
     from gmbench.metrics.base import MetricError, check_samples
@@ -222,11 +222,9 @@ def _image_tensor(arr: np.ndarray, spec) -> torch.Tensor:
         raise LoadError(f"image samples have shape {arr.shape}; expected (N, {c}, {h}, {w}) or (N, {h}, {w}, {c})")
     lo, hi = spec.value_range
     if arr.dtype.kind in "biu":
-        levels = spec.levels or 256
-        if arr.dtype != np.uint8 or arr.max() > levels - 1:
-            raise LoadError(f"integer image samples must be uint8 levels 0..{levels - 1} for {spec.name}; "
-                            f"got {arr.dtype} in {arr.min()}..{arr.max()}")
-        return torch.from_numpy(arr.astype(np.float32)) / (levels - 1) * (hi - lo) + lo
+        if arr.dtype != np.uint8:
+            raise LoadError(f"integer image samples must be uint8 pixels 0..255, got {arr.dtype}; or pass floats in [{lo:g}, {hi:g}]")
+        return torch.from_numpy(arr.astype(np.float32)) / 255.0 * (hi - lo) + lo
     tol = 1e-3 * (hi - lo)
     if not np.isfinite(arr).all():
         raise LoadError(f"{int((~np.isfinite(arr)).reshape(len(arr), -1).any(1).sum())} image samples contain NaN or inf")

@@ -82,7 +82,8 @@ def write_record(out_dir: str | Path, spec: RunSpec, record: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / spec.filename
     text = json.dumps(record, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out_dir)
+    # ".part", not ".json": no glob for records ever matches a half-written file
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json.part", dir=out_dir)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import torch
 
 from gmbench.data import make_dataset
-from gmbench.evaluate import evaluate, one_line
+from gmbench.evaluate import eval_context, evaluate, metric_fingerprint_fields, one_line
 from gmbench.execution.precision import autocast, autocast_sampling
 from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
 from gmbench.method import validate_method_class
@@ -168,10 +168,11 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     record["likelihood"] = cls.likelihood
     record["modality"] = modality
     record["provenance"] = provenance(str(device), _dist_of(reg, spec.method))
+    ctx = eval_context(dataset, budget, spec.seed, device, cache_dir, extractors=reg.feature_extractors)
     fields = {
         **dataset.fingerprint_fields(),
         **budget.fingerprint_fields(modality),
-        "metrics": {m.name: m.version for m in metrics},
+        "metrics": metric_fingerprint_fields(metrics, ctx),  # versions + each metric's protocol fields
         "schema": SCHEMA_VERSION,
     }
     if spec.precision != "fp32":  # fp32 fingerprints stay those of records written before precision existed
@@ -203,12 +204,15 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         if checkpoint_dir is not None:
             record["checkpoint"] = save_checkpoint(method, checkpoint_path(checkpoint_dir, spec), {"spec": spec.key()})
     autocast_sampling(method, spec.precision)
-    entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, ctx=ctx)
+    eval_seconds = time.perf_counter() - t0
     record["metrics"] = entries
     record["cost"] = {
         "params": method.num_parameters(),
         "train_flops": record["train"]["flops"] if record["train"] else None,
         "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
         "sampling": sampling,
         "peak_memory": _peak_memory_mb(device),
     }
@@ -244,9 +248,12 @@ def run_all(
     is called as runs finish (``record=None`` for a skipped one). Executors
     live in :mod:`gmbench.execution`.
     """
+    from gmbench.execution.base import remove_stale_temp_files
     from gmbench.execution.inprocess import InProcessExecutor
 
     executor = executor or InProcessExecutor()
+    if resume and Path(out_dir).is_dir():
+        remove_stale_temp_files(out_dir)
     total = len(matrix.specs)
     pending, done = [], 0
     for spec in matrix.specs:

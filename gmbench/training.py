@@ -141,7 +141,11 @@ def train(
                 raise BudgetExceeded(
                     f"wall-clock cap of {budget.wall_clock_s:g}s reached in stage {stage.name!r} after {meter.steps} steps"
                 )
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=generator, device="cpu").to(data.device)
+            # drawn on the CPU generator so the data order is the same on every device; pinned
+            # and non-blocking on a GPU so the copy does not synchronise the stream every step
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=generator, device="cpu")
+            if data.device.type == "cuda":
+                idx = idx.pin_memory().to(data.device, non_blocking=True)
             batch = data[idx]
             with meter.step():
                 losses = apply(method.training_step(stage.name, batch, meter.steps), meter.steps)

@@ -1,8 +1,21 @@
-"""placeholder (being written)."""
+"""`gmbench new-plugin NAME`: a new, installable method-plugin package from the template."""
+
+from __future__ import annotations
+
 import click
 
 
 @click.command("new-plugin")
-def new_plugin() -> None:
-    """Not ready yet."""
-    raise click.ClickException("not ready yet")
+@click.argument("name")
+@click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory in which the package folder gmbench-NAME is created.")
+def new_plugin(name, out_dir) -> None:
+    """Create gmbench-NAME: pyproject with the entry point, a working method, conformance tests, README, CI."""
+    from gmbench.template import TemplateError, render
+
+    try:
+        root = render(name, out_dir)
+    except TemplateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {root}\n\nnext:\n  cd {root}\n  pip install -e '.[test]'\n  pytest -q\n"
+               f"  gmbench plugins list\n  gmbench run --plugins {name} --budget smoke --out results")

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar
 
 from gmbench.records import RunSpec, write_record
+
+#: settings of the driver's environment that every worker, local or remote, must share
+DRIVER_ENV = (
+    "HF_DATASETS_OFFLINE", "HF_HOME", "HF_DATASETS_CACHE", "GMBENCH_CACHE_DIR",
+    "GMBENCH_DISABLE_EXTERNAL_PLUGINS", "CUBLAS_WORKSPACE_CONFIG",
+)
 
 #: called once per finished run, with the record written for it
 Report = Callable[[RunSpec, dict], None]
@@ -36,6 +43,9 @@ class RunOptions:
             the installed ones (tests, programmatic use); on a cluster their
             modules must be importable on every node.
         load_entrypoints: workers load installed plugins (the ``gmbench`` entry points).
+        env: environment variables set in every worker; executors add the
+            driver's values of ``DRIVER_ENV`` (Ray workers on other nodes do not
+            inherit the driver's environment).
     """
 
     cache_dir: str | None = None
@@ -46,6 +56,7 @@ class RunOptions:
     deterministic: bool = False
     extra_plugins: tuple = ()
     load_entrypoints: bool = True
+    env: dict = field(default_factory=dict)
 
     def hard_timeout_s(self, budget) -> float:
         return float(budget.wall_clock_s) + float(budget.eval_timeout_s) + float(self.grace_s)
@@ -57,7 +68,9 @@ class Executor(ABC):
     name: ClassVar[str]
 
     def __init__(self, options: RunOptions | None = None):
-        self.options = options or RunOptions()
+        options = options or RunOptions()
+        driver = {k: os.environ[k] for k in DRIVER_ENV if k in os.environ}
+        self.options = replace(options, env={**driver, **options.env})
 
     @abstractmethod
     def run(self, specs: list[RunSpec], reg, out_dir: str | Path, report: Report | None = None) -> list[dict]:
@@ -84,3 +97,22 @@ def write_failed(reg, out_dir: str | Path, spec: RunSpec, error: str, **extra) -
     if reg is not None:
         _notify(reg, "gmbench_run_finish", spec=spec, record=record)
     return record
+
+
+def remove_stale_temp_files(out_dir: str | Path, older_than_s: float = 3600.0) -> int:
+    """Delete half-written records (``.tmp-*.part``) left by killed writers; return how many.
+
+    Only files untouched for ``older_than_s``: a writer still busy in another
+    process finishes within seconds.
+    """
+    import time
+
+    now, removed = time.time(), 0
+    for f in Path(out_dir).glob(".tmp-*.part"):
+        try:
+            if now - f.stat().st_mtime > older_than_s:
+                f.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gmbench.evaluate import one_line
 from gmbench.execution.base import ExecutionError, Executor, Report, RunOptions, write_failed
+from gmbench.execution.worker import run_isolated
 from gmbench.records import RecordError, RunSpec, load_record, write_record
 
 
@@ -30,12 +31,6 @@ def import_ray():
     except ImportError:
         raise ExecutionError("--executor ray needs Ray: pip install 'gmbench[ray]' (or 'ray[default]')") from None
     return ray
-
-
-def _ray_task(spec: RunSpec, options: RunOptions, out_dir: str, timeout_s: float) -> dict:
-    from gmbench.execution.worker import run_isolated
-
-    return run_isolated(spec, options, out_dir, timeout_s)
 
 
 class RayExecutor(Executor):
@@ -60,6 +55,8 @@ class RayExecutor(Executor):
     def connect(self):
         """Join ``address`` (or a running Ray), else start a local Ray; one-line error if unreachable."""
         ray = import_ray()
+        if self.address:
+            _probe(self.address)
         if ray.is_initialized():
             return ray
         kwargs = {"include_dashboard": False, "log_to_driver": True, **self.init_kwargs}
@@ -78,7 +75,8 @@ class RayExecutor(Executor):
     def run(self, specs: list[RunSpec], reg, out_dir: str | Path, report: Report | None = None) -> list[dict]:
         ray = self.connect()
         options = self.options if self.options.threads else replace(self.options, threads=max(1, int(self.cpus_per_run)))
-        task = ray.remote(_ray_task).options(
+        # run_isolated's module does not import torch: the Ray worker stays light, only its child loads torch
+        task = ray.remote(run_isolated).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries, retry_exceptions=False,
             name="gmbench-run",
         )
@@ -110,6 +108,29 @@ class RayExecutor(Executor):
 
             ray.shutdown()
             self._started_ray = False
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at ``host:port``.
+
+    (``ray.init`` retries an unreachable address for minutes, printing warnings.)
+    """
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExecutionError(f"--ray-address {address!r}: use host:port (the head node's GCS port, 6379 by default) or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ExecutionError(
+            f"cannot reach the Ray cluster at {address}: {reason} (is `ray start --head` running there? "
+            "leave out --ray-address to start a local Ray)"
+        ) from None
 
 
 def _ensure_written(out_dir: str, spec: RunSpec, record: dict) -> None:

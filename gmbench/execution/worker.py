@@ -22,20 +22,45 @@ from pathlib import Path
 from gmbench.execution.base import RunOptions, write_failed
 from gmbench.records import RunSpec
 
-#: environment a child must see as its parent does *now* (Ray sets the GPU per task)
-_PASSED_ENV = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "HF_DATASETS_OFFLINE")
+#: start-up of a worker (the forkserver's first start imports torch) is not run time
+STARTUP_TIMEOUT_S = 300.0
+_STARTED = "started"
+
+#: environment a child must see as its parent does *now*: Ray sets the GPUs per task, in
+#: the worker process that calls run_isolated, while the forkserver keeps its start-up values
+_PASSED_ENV = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+
+
+_WARM = False
+
+
+def warm_up() -> None:
+    """Import what a run needs, including ``FlopCounterMode``'s lazy imports (~3 s once)."""
+    global _WARM
+    if _WARM:
+        return
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import gmbench.runner  # noqa: F401
+
+    with FlopCounterMode(display=False):
+        torch.ones(2, 2) @ torch.ones(2, 2)
+    _WARM = True
 
 
 def _context():
     if sys.platform == "linux":
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["gmbench.execution.worker", "gmbench.runner"])
+        ctx.set_forkserver_preload(["gmbench.execution._preload"])
         return ctx
     return multiprocessing.get_context("spawn")
 
 
 def _child_main(spec: RunSpec, options: RunOptions, out_dir: str, env: dict, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send(_STARTED)
+    os.environ.update(options.env)
     for key in _PASSED_ENV:
         if key in env:
             os.environ[key] = env[key]
@@ -62,9 +87,9 @@ def _child_main(spec: RunSpec, options: RunOptions, out_dir: str, env: dict, con
 def _death_message(exitcode: int | None, options: RunOptions) -> str:
     if exitcode is not None and exitcode < 0:
         try:
-            how = f"killed by {signal.Signals(-exitcode).name}"
+            how = f"was killed by {signal.Signals(-exitcode).name}"
         except ValueError:
-            how = f"killed by signal {-exitcode}"
+            how = f"was killed by signal {-exitcode}"
     else:
         how = f"exited with code {exitcode}"
     hint = f"; out of memory? (cap {options.memory_cap_mb} MB)" if options.memory_cap_mb else ""
@@ -86,26 +111,31 @@ def run_isolated(
                        name=f"gmbench-{spec.method}-{spec.spec_hash}")
     proc.start()
     send.close()
-    started = time.monotonic()
+    started, running = time.monotonic(), False
     record = None
     try:
         while True:
             if recv.poll(0.2):
                 try:
-                    record = recv.recv()
-                except EOFError:  # the child died without sending
-                    pass
+                    message = recv.recv()
+                except EOFError:  # the child died without sending its record
+                    break
+                if message == _STARTED:
+                    started, running = time.monotonic(), True
+                    continue
+                record = message
                 break
             if cancel is not None and cancel.is_set():
                 proc.kill()
                 proc.join()
                 return None
             elapsed = time.monotonic() - started
-            if elapsed > timeout_s:
+            if elapsed > (timeout_s if running else STARTUP_TIMEOUT_S):
                 proc.kill()
                 proc.join()
-                return write_failed(None, out_dir, spec, f"RunHung: no result after {elapsed:.0f}s (training cap + "
-                                    f"evaluation cap + {options.grace_s:g}s grace); worker killed")
+                what = f"no result after {elapsed:.0f}s (training cap + evaluation cap + {options.grace_s:g}s grace)" if running \
+                    else f"the worker did not start within {elapsed:.0f}s"
+                return write_failed(None, out_dir, spec, f"RunHung: {what}; worker killed")
     finally:
         recv.close()
     proc.join(timeout=30)

@@ -123,38 +123,43 @@ def reference_model(ctx: EvalContext) -> tuple[ReferenceAR, dict]:
     digest = _key_hash(key)
 
     def load_or_train():
-        from safetensors import safe_open
-        from safetensors.torch import load_file, save_file
-
-        from gmbench.training import train
-
         path = ctx.cache_path("reference_ar", f"{ctx.dataset.name}-{ctx.budget.name}-s{key['seed']}-{digest}.safetensors")
-        spec = ctx.dataset.spec()
-        torch.manual_seed(key["seed"])
-        model = ReferenceAR(spec, model_size=ctx.budget.model_size).to(ctx.device)
-        if path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-            model.load_state_dict(load_file(str(path)))
-            meta["cached"] = "true"
-        else:
-            t0 = time.perf_counter()
-            stages = train(model, ctx.dataset.split("train").x, ctx.budget, "text", torch.Generator().manual_seed(key["seed"]))
-            meta = {
-                "key": digest,
-                "steps": str(sum(s.steps for s in stages)),
-                "flops": str(sum(s.flops for s in stages)),
-                "train_seconds": f"{time.perf_counter() - t0:.2f}",
-                "device": str(ctx.device),
-            }
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)  # atomic: parallel runs may train the same reference
-            meta["cached"] = "false"
-        model.train(False)
-        return model, meta
+        cuda = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # seed the reference without touching the run's RNG streams
+            torch.manual_seed(key["seed"])
+            return _load_or_train(ctx, path, key["seed"], digest)
 
     return ctx.memoised(("reference_ar", digest), load_or_train)
+
+
+def _load_or_train(ctx: EvalContext, path: Path, seed: int, digest: str) -> tuple[ReferenceAR, dict]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from gmbench.training import train
+
+    model = ReferenceAR(ctx.dataset.spec(), model_size=ctx.budget.model_size).to(ctx.device)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        model.load_state_dict(load_file(str(path), device=str(ctx.device)))
+        meta["cached"] = "true"
+    else:
+        t0 = time.perf_counter()
+        stages = train(model, ctx.dataset.split("train").x, ctx.budget, "text", torch.Generator().manual_seed(seed))
+        meta = {
+            "key": digest,
+            "steps": str(sum(s.steps for s in stages)),
+            "flops": str(sum(s.flops for s in stages)),
+            "train_seconds": f"{time.perf_counter() - t0:.2f}",
+            "device": str(ctx.device),
+        }
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)  # atomic: parallel runs may train the same reference
+        meta["cached"] = "false"
+    model.train(False)
+    return model, meta
 
 
 class GenerativePerplexity(Metric):

@@ -183,6 +183,11 @@ class ImageFidelity(Metric):
 
 
 def _fidelity_version() -> str:
-    import torch_fidelity
+    from importlib.metadata import PackageNotFoundError, version
 
-    return getattr(torch_fidelity, "__version__", "?")
+    try:  # from the metadata: importing torch-fidelity (and torchvision) takes seconds
+        return version("torch-fidelity")
+    except PackageNotFoundError:  # not pip-installed (e.g. on PYTHONPATH)
+        import torch_fidelity
+
+        return getattr(torch_fidelity, "__version__", "?")

@@ -1,0 +1,316 @@
+"""DDPM: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020, arXiv 2006.11239),
+with the deterministic DDIM sampler (Song, Meng & Ermon 2020, arXiv 2010.02502).
+
+Forward process (Eq. 2, 4): ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)``, ``t = 1..T``,
+linear ``beta_t`` from 1e-4 to 0.02 over T = 1000 steps (section 4). The network
+predicts the noise, ``eps_theta(x_t, t)`` (Eq. 11), and is trained with L_simple (Eq. 14):
+``t ~ U{1..T}``, ``eps ~ N(0, I)``, MSE between ``eps`` and ``eps_theta`` (averaged over
+dimensions, as the released code does). The backbone sees ``t / T`` in (0, 1].
+
+Samplers (both take any NFE in 1..T; NFE = network calls = steps):
+
+* ``ancestral``: Algorithm 2, ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` with
+  ``sigma_t^2 = beta_t`` (``sigma2="beta"``, the paper's CIFAR-10 choice) or ``beta~_t``
+  (``sigma2="beta_tilde"``, Eq. 7). With NFE < T it runs on a sub-sequence
+  ``tau_1 < ... < tau_S`` of the timesteps, with the respaced betas
+  ``beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}`` (DDIM appendix C.1, iDDPM section 4).
+* ``ddim``: DDIM Eq. 12 with ``eta = 0`` on the same sub-sequence; deterministic given
+  the initial noise.
+
+The sub-sequence is evenly spaced over ``1..T`` with both ends included (iDDPM's
+``space_timesteps`` rule; see ``schedules.space_timesteps``): it starts at ``t = T`` and its
+last step is ``t = 1``. The last step adds no noise: the sample is the predicted mean
+at ``t = 0``, i.e. the predicted ``x_0``. For images, ``clip_denoised=True`` (default)
+clips each step's predicted ``x_0`` to the data range before forming the step — what
+the released DDPM code does for its reported samples; the respaced step then uses the
+epsilon implied by the clipped ``x_0`` (as iDDPM's DDIM sampler). Final samples are
+clipped to the data range. Without clipping, the ancestral mean written through
+``x_0`` (Eq. 7 at the predicted ``x_0``) equals Algorithm 2's formula exactly.
+
+Likelihood (``"bound"``): the variational bound of Eq. 5,
+``-log p(x_0) <= L_T + sum_{t>=2} L_{t-1} + L_0``, in nats per example for the
+continuous ``x_0`` the host hands in (images already uniformly dequantised):
+
+* ``L_T = KL(q(x_T|x_0) || N(0, I))`` in closed form;
+* ``L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t))`` between Gaussians, its mean
+  term written through the noise as in Eq. 12:
+  ``beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) ||eps - eps_theta(x_t, t)||^2``;
+* ``L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2 I)``, a continuous Gaussian decoder
+  (the paper's discretised decoder, Eq. 13, is for 8-bit data; the host's uniform
+  dequantisation plays that role here). ``sigma_1^2 = beta_1`` for both ``sigma2``
+  choices, because ``beta~_1 = 0``; ``beta_1`` is also ``q(x_0|x_1)``'s variance for
+  data spread much wider than ``sqrt(beta_1) = 0.01``.
+
+Each term draws one ``x_t ~ q(x_t|x_0)``. The sum over ``t`` is exact (all T terms) when
+``vlb_draws="all"`` — the toy2d default — and otherwise an unbiased stratified
+Monte-Carlo estimate: ``{2..T}`` is cut into ``vlb_draws`` equal blocks and one ``t``
+per block and example is drawn, weighted by the block size (images default: 100
+draws, plus ``L_0`` and ``L_T`` always exact). The likelihood uses unclipped
+predictions: clipping is a sampling device, not part of ``p_theta``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from gmbench import hookimpl
+from gmbench.backbones import MLP, UNet
+from gmbench.data.base import DataSpec
+from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
+
+from .schedules import NoiseSchedule, space_timesteps
+
+SIGMA2_CHOICES = ("beta", "beta_tilde")
+# Learning rates when none is given. Ho et al. use 2e-4 at batch 128 for 800k steps on
+# CIFAR-10; gmbench's CPU budgets allow hundreds to a few thousand steps, where a larger
+# step size learns far more per FLOP (measured on 8gaussians and digits, see the report
+# in the test module's docstring). Adam with gradient clipping at 1 (the released code)
+# keeps 1e-3 stable on both.
+DEFAULT_LR = {"toy2d": 1e-3, "image": 1e-3}
+DEFAULT_VLB_DRAWS = {"toy2d": "all", "image": 50}
+STRATA_POWER = 2
+# rows (examples x timesteps) per network call when evaluating the bound
+EVAL_ROWS = {"toy2d": 16384, "image": 2048}
+
+
+class DDPM(Method):
+    """DDPM with an epsilon-prediction network, L_simple, ancestral and DDIM samplers.
+
+    Args:
+        data: the dataset's spec (toy2d or image).
+        model_size: backbone preset (MLP for toy2d, U-Net for images).
+        T: number of diffusion steps (paper: 1000).
+        beta_start, beta_end: ends of the linear beta schedule (paper: 1e-4, 0.02).
+        sigma2: reverse-process variance, ``"beta"`` (paper default) or ``"beta_tilde"``;
+            used by the ancestral sampler and the bound.
+        lr: Adam learning rate; None picks ``DEFAULT_LR`` for the modality.
+        grad_clip: gradient-norm clipping (the released code clips at 1).
+        warmup_steps: linear learning-rate warm-up (the paper: 5000; 0 here, since small
+            budgets end before such a warm-up would).
+        ema_decay: decay of the exponential moving average of the weights used for
+            sampling and the bound (paper: 0.9999); 0 or None turns it off. The decay at
+            step k is ``min(ema_decay, (1 + k) / (10 + k))``, so at short budgets the
+            average covers roughly the last tenth of training instead of staying near
+            the initial weights.
+        clip_denoised: clip predicted ``x_0`` to the data range while sampling images.
+        dequantize: train on uniformly dequantised pixels (images), the same noise the
+            host adds before scoring the bound (see ``gmbench.metrics.likelihood``).
+        vlb_draws: timestep draws per example for the bound's sum over ``t >= 2``: a
+            positive integer (stratified Monte Carlo), ``"all"`` (every one of the ``T - 1``
+            terms) or ``"auto"`` (toy2d: all, images: 100).
+    """
+
+    name = "ddpm"
+    family = "diffusion"
+    paper = "2006.11239"
+    title = "Denoising Diffusion Probabilistic Models"
+    modalities = ("toy2d", "image")
+    samplers = (
+        SamplerInfo("ancestral", adjustable_nfe=True, deterministic=False, default_nfe=1000),
+        SamplerInfo("ddim", adjustable_nfe=True, deterministic=True, default_nfe=50),
+    )
+    likelihood = "bound"
+
+    def __init__(
+        self,
+        data: DataSpec,
+        model_size: str = "small",
+        T: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        sigma2: str = "beta",
+        lr: float | None = None,
+        grad_clip: float | None = 1.0,
+        warmup_steps: int = 0,
+        ema_decay: float | None = 0.9999,
+        clip_denoised: bool = True,
+        dequantize: bool = True,
+        vlb_draws: int | str = "auto",
+    ) -> None:
+        super().__init__(data, model_size)
+        if sigma2 not in SIGMA2_CHOICES:
+            raise ValueError(f"ddpm: sigma2 must be one of {SIGMA2_CHOICES}, got {sigma2!r}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ddpm: ema_decay must be in [0, 1) or None, got {ema_decay!r}")
+        if vlb_draws == "auto":
+            vlb_draws = DEFAULT_VLB_DRAWS[data.modality]
+        if vlb_draws != "all" and (isinstance(vlb_draws, bool) or not isinstance(vlb_draws, int) or vlb_draws < 1):
+            raise ValueError(f"ddpm: vlb_draws must be 'auto', 'all' or a positive integer, got {vlb_draws!r}")
+        self.schedule = NoiseSchedule.linear(T, beta_start, beta_end)  # validates T and betas
+        self.T, self.sigma2, self.vlb_draws = T, sigma2, vlb_draws
+        self.lr = DEFAULT_LR[data.modality] if lr is None else float(lr)
+        self.grad_clip, self.warmup_steps = grad_clip, int(warmup_steps)
+        self.ema_decay = ema_decay or 0.0
+        self.clip_range = data.value_range if (clip_denoised and data.modality == "image") else None
+        self.bin_width = None
+        if dequantize and data.modality == "image" and data.levels and data.value_range:
+            self.bin_width = (data.value_range[1] - data.value_range[0]) / (data.levels - 1)
+
+        if data.modality == "toy2d":
+            self.net: nn.Module = MLP(data.dims, data.dims, size=model_size)
+        else:
+            c, h, w = data.shape
+            self.net = UNet(c, c, (h, w), size=model_size)
+        # The released code zero-initialises the output layer: training starts from eps_theta = 0.
+        nn.init.zeros_(self.net.out.weight)
+        nn.init.zeros_(self.net.out.bias)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False) if self.ema_decay else None
+
+    # -- networks -------------------------------------------------------------------
+
+    def modules(self) -> dict[str, nn.Module]:
+        # The EMA copy is listed so it moves with the method and is checkpointed; no
+        # optimizer names it.
+        return {"net": self.net, **({"ema": self.ema} if self.ema is not None else {})}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())  # the EMA shadow is not capacity
+
+    def to(self, device: torch.device | str) -> "DDPM":
+        super().to(device)
+        self.schedule.to(self.device)
+        return self
+
+    def denoiser(self) -> nn.Module:
+        """The network used for sampling and the bound (the EMA weights when enabled)."""
+        return self.ema if self.ema is not None else self.net
+
+    def eps(self, net: nn.Module, xt: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """``eps_theta(x_t, t)`` with integer ``t`` in 1..T passed to the backbone as ``t / T``."""
+        t = torch.as_tensor(t, device=xt.device)
+        return net(xt, t.float() / self.T)
+
+    # -- training: L_simple (Eq. 14) ---------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        opt = OptimizerSpec("adam", ("net",), lr=self.lr, grad_clip=self.grad_clip, warmup_steps=self.warmup_steps)
+        return [Stage("denoise", (opt,))]
+
+    def training_step(self, stage: str, batch: torch.Tensor, step: int):
+        if self.bin_width is not None:  # the continuous density the bound is scored on
+            batch = batch + (torch.rand_like(batch) - 0.5) * self.bin_width
+        t = torch.randint(1, self.T + 1, (batch.shape[0],), device=batch.device)
+        eps = torch.randn_like(batch)
+        xt = self.schedule.q_sample(batch, t, eps)
+        return {"adam": (self.eps(self.net, xt, t) - eps).pow(2).mean()}
+
+    @torch.no_grad()
+    def on_step_end(self, stage: str, step: int) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
+            p_ema.lerp_(p, 1.0 - decay)
+
+    # -- sampling -----------------------------------------------------------------------
+
+    def _randn(self, shape, generator: torch.Generator) -> torch.Tensor:
+        # the generator may live on another device than the method (the host's is CPU)
+        return torch.randn(shape, generator=generator, device=generator.device).to(self.device)
+
+    def timesteps(self, nfe: int) -> torch.Tensor:
+        """The sub-sequence ``tau_1 < ... < tau_S`` (S = nfe) that the samplers visit."""
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= self.T:
+            raise MethodError(f"ddpm: nfe must be an integer in 1..T={self.T}, got {nfe!r}")
+        return space_timesteps(self.T, nfe)
+
+    @torch.no_grad()
+    def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
+        self.sampler(sampler)  # unknown names fail with a suggestion
+        taus = self.timesteps(nfe).tolist()
+        net = self.denoiser()
+        x = self._randn((n, *self.data.shape), generator)  # x_T ~ N(0, I)
+        for t, s in zip(reversed(taus), reversed([0] + taus[:-1])):  # s: the next (smaller) time
+            eps = self.eps(net, x, t)
+            x0 = self.schedule.predict_x0(x, t, eps)
+            if self.clip_range is not None:
+                x0 = x0.clamp(*self.clip_range)
+                eps = self.schedule.predict_eps(x, t, x0)
+            if sampler == "ddim":
+                # DDIM Eq. 12, eta = 0: x_s = sqrt(abar_s) x0_pred + sqrt(1 - abar_s) eps_theta
+                x = self.schedule.q_sample(x0, s, eps)
+            else:
+                # Algorithm 2 line 4, mean of Eq. 11 written as Eq. 7 at x0_pred
+                mean, beta_tilde = self.schedule.q_posterior(x0, x, t, s)
+                if s == 0:
+                    x = mean  # no noise at the last step
+                    continue
+                if self.sigma2 == "beta":
+                    var = self.schedule.respaced_beta(t, s, x).to(x.dtype)
+                else:
+                    var = beta_tilde
+                x = mean + var.sqrt() * self._randn(x.shape, generator)
+        if self.clip_range is not None:
+            x = x.clamp(*self.clip_range)
+        return x
+
+    # -- likelihood: the variational bound (Eq. 5) ------------------------------------
+
+    def _sigma2(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma_t^2 (float64) of p_theta(x_{t-1}|x_t) for integer t >= 2."""
+        ab = self.schedule.abar
+        beta = 1 - ab[t] / ab[t - 1]
+        return beta if self.sigma2 == "beta" else (1 - ab[t - 1]) / (1 - ab[t]) * beta
+
+    def _vlb_timesteps(self, b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (K, b) for the terms t = 2..T and their weights (K,), stratified."""
+        n_terms = self.T - 1
+        if self.vlb_draws == "all" or self.vlb_draws >= n_terms:
+            edges = torch.arange(2, self.T + 2)  # one stratum per t: the exact sum
+        else:
+            # Quadratically spaced strata: the terms grow steeply as t -> 1 (there the
+            # network must resolve the data's finest scale), so small t gets short strata,
+            # large t long ones. Unbiased for any edges; duplicates from rounding dropped.
+            grid = torch.arange(self.vlb_draws + 1, dtype=torch.float64) / self.vlb_draws
+            edges = torch.unique((2 + n_terms * grid**STRATA_POWER).round().long())
+        size = (edges[1:] - edges[:-1]).to(self.device)
+        k = len(size)
+        u = torch.rand((k, b), generator=generator, device=generator.device, dtype=torch.float64).to(self.device)
+        t = edges[:-1].to(self.device)[:, None] + (u * size[:, None]).long()
+        return t, size.double()
+
+    def _eps_sq_error(self, net: nn.Module, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
+        """||eps - eps_theta(x_t, t)||^2 per row for x_t ~ q(x_t|x_0); x0 and t flat (rows)."""
+        eps = self._randn(x0.shape, generator)
+        xt = self.schedule.q_sample(x0, t, eps)
+        return (eps - self.eps(net, xt, t)).double().pow(2).flatten(1).sum(1)
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = x.to(self.device)
+        if tuple(x.shape[1:]) != tuple(self.data.shape):
+            raise MethodError(f"ddpm: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        net, ab, d, b = self.denoiser(), self.schedule.abar, self.data.dims, x.shape[0]
+        x64 = x.double().flatten(1)
+
+        # L_T: KL(N(sqrt(abar_T) x0, (1-abar_T) I) || N(0, I))
+        ab_T = ab[self.T]
+        bound = 0.5 * ((1 - ab_T) + ab_T * x64.pow(2) - 1 - torch.log1p(-ab_T)).sum(1)
+
+        # L_0: -log N(x0; mu_theta(x1, 1), beta_1 I); x0 - mu_theta = -sqrt(beta_1/alpha_1)(eps - eps_theta)
+        beta1 = 1 - ab[1]
+        err = self._eps_sq_error(net, x, torch.ones(b, dtype=torch.long, device=self.device), generator)
+        bound = bound + 0.5 * d * torch.log(2 * math.pi * beta1) + err / (2 * (1 - beta1))
+
+        # sum_{t>=2} L_{t-1}: Gaussian KL, mean term as in Eq. 12, weighted per stratum
+        ts, weights = self._vlb_timesteps(b, generator)
+        group = max(1, EVAL_ROWS[self.data.modality] // b)
+        for i in range(0, len(ts), group):
+            t = ts[i : i + group]  # (G, b)
+            err = self._eps_sq_error(net, x.repeat(len(t), *([1] * (x.ndim - 1))), t.reshape(-1), generator)
+            t64 = t.reshape(-1)
+            beta = 1 - ab[t64] / ab[t64 - 1]
+            sig2 = self._sigma2(t64)
+            ratio = (1 - ab[t64 - 1]) / (1 - ab[t64]) * beta / sig2  # beta~_t / sigma_t^2
+            kl = 0.5 * d * (ratio - 1 - torch.log(ratio)) + beta**2 / (2 * sig2 * (1 - beta) * (1 - ab[t64])) * err
+            bound = bound + (kl.reshape(len(t), b) * weights[i : i + group, None]).sum(0)
+        return (-bound).to(torch.float32)
+
+
+@hookimpl
+def gmbench_register_methods(register):
+    register(DDPM)

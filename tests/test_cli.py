@@ -1,0 +1,67 @@
+"""The command line: listings, bad input as one-line errors, a real smoke run."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from gmbench.cli import main
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_plugins_list_json_names_family_paper_distribution():
+    res = _invoke("plugins", "list", "--json")
+    assert res.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["ddpm"]["family"] == "diffusion" and rows["ddpm"]["paper"] == "arXiv:2006.11239"
+    assert rows["mdlm"]["modalities"] == ["text"] and rows["mdlm"]["likelihood"] == "bound"
+    assert rows["vae"]["distribution"] == "gmbench"
+    assert {s["name"] for s in rows["ddpm"]["samplers"]} == {"ancestral", "ddim"}
+
+
+def test_datasets_and_budgets_lists():
+    ds = {r["name"]: r for r in json.loads(_invoke("datasets", "list", "--json").output)}
+    assert ds["digits"]["embedded"] and not ds["mnist"]["embedded"]
+    assert ds["synthlang"]["modality"] == "text"
+    budgets = {r["name"]: r for r in json.loads(_invoke("budgets", "list", "--json").output)}
+    assert set(budgets) >= {"smoke", "small", "standard", "large"}
+    assert budgets["small"]["train_flops"]["toy2d"] > budgets["smoke"]["train_flops"]["toy2d"]
+    text = _invoke("budgets", "list").output
+    assert "smoke" in text and "nfe_grid" in text
+
+
+def test_bad_names_are_one_line_errors(tmp_path):
+    for args, needle in [
+        (["run", "--plugins", "dpm", "--out", str(tmp_path)], "Did you mean 'ddpm'"),
+        (["run", "--plugins", "ddpm", "--datasets", "moon", "--out", str(tmp_path)], "Did you mean 'moons'"),
+        (["run", "--plugins", "ddpm", "--budget", "tiny", "--out", str(tmp_path)], "unknown budget 'tiny'"),
+        (["run", "--plugins", "mdlm", "--datasets", "digits", "--out", str(tmp_path)], "nothing to run"),
+        (["run", "--seeds", "a,b", "--out", str(tmp_path)], "comma-separated integers"),
+    ]:
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code != 0, args
+        assert needle in res.output, res.output
+        assert "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) <= 3
+
+
+def test_hub_dataset_offline_fails_fast_as_a_failed_record(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--plugins", "vae", "--datasets", "mnist", "--budget", "smoke", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (rec,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert rec["status"] == "failed"
+    assert "needs a download" in rec["error"] and "digits" in rec["error"]
+
+
+def test_run_smoke_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "res"
+    res = CliRunner().invoke(main, ["run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "[1/1] ddpm on 8gaussians seed 0: ok" in res.output
+    assert "ranked by swd" in res.output
+    again = CliRunner().invoke(main, ["run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke", "--out", str(out), "--resume"])
+    assert "already done (resume)" in again.output

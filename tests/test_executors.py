@@ -1,0 +1,191 @@
+"""Executors: in-process, worker processes and Ray write the same records with the same
+numbers; Ray contains every fault too; bf16 autocast; clear one-line errors.
+
+One local Ray (2 CPUs) serves the whole module; the Ray tests skip with the reason
+when Ray is not installed (it is in the ``ray`` and ``test`` extras).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmbench.execution import ExecutionError, RunOptions, make_executor
+from gmbench.plugins import Registries, make_plugin_manager
+from gmbench.records import RunSpec
+from gmbench.runner import expand, run_all, run_one
+from tests.plugins.fake_methods import GaussianFit
+from tests.plugins.faulty_methods import FAULTS, FaultsPlugin
+from tests.test_faults import assert_isolated, options, registries
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: pip install 'gmbench[ray]'")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked by benchmarks/bench_executors.py --device cuda")
+
+HEALTHY = RunSpec("healthy", "8gaussians", "faults", 0)
+
+
+def metric_values(record: dict) -> list[tuple]:
+    return sorted((e["name"], str(e["sampler"]), str(e["nfe"]), e["value"]) for e in record["metrics"])
+
+
+@pytest.fixture(scope="module")
+def in_process_record(tmp_path_factory):
+    [record] = make_executor("local", options=options()).run([HEALTHY], registries(), tmp_path_factory.mktemp("inproc"))
+    return record
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def run_under_ray(methods, out_dir, **kw) -> dict[str, dict]:
+    reg = registries()
+    m = expand(reg, plugins=",".join(methods), datasets="8gaussians", budget="faults")
+    with make_executor("ray", options=options(**kw)) as ex:
+        records = run_all(m, reg, out_dir, executor=ex)
+    return {r["method"]: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def ray_basic(local_ray, tmp_path_factory):
+    """A healthy run beside the faults only a separate process can contain."""
+    return run_under_ray(("healthy", "hangs", "sigkilled"), tmp_path_factory.mktemp("ray"))
+
+
+# -- determinism -------------------------------------------------------------------
+
+
+def test_worker_process_gives_the_in_process_numbers(in_process_record, tmp_path):
+    assert in_process_record["status"] == "ok", in_process_record["error"]
+    [worker] = make_executor("local", jobs=1, options=options()).run([HEALTHY], registries(), tmp_path)
+    assert worker["status"] == "ok", worker["error"]
+    assert metric_values(worker) == metric_values(in_process_record)
+    assert worker["fingerprint"] == in_process_record["fingerprint"]
+
+
+@needs_ray
+def test_ray_gives_the_in_process_numbers(ray_basic, in_process_record):
+    assert ray_basic["healthy"]["status"] == "ok", ray_basic["healthy"]["error"]
+    assert metric_values(ray_basic["healthy"]) == metric_values(in_process_record)
+
+
+# -- Ray ------------------------------------------------------------------------------
+
+
+@needs_ray
+def test_ray_kills_a_hung_run_and_survives_a_killed_worker(ray_basic):
+    assert FAULTS["hangs"] in ray_basic["hangs"]["error"] and "worker killed" in ray_basic["hangs"]["error"]
+    assert FAULTS["sigkilled"] in ray_basic["sigkilled"]["error"]
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_contains_every_fault(local_ray, tmp_path):
+    records = run_under_ray(("healthy", *FAULTS), tmp_path, memory_cap_mb=300)
+    assert_isolated(records, list(FAULTS), tmp_path)
+    assert "(cap 300 MB)" in records["memory-hog"]["error"]
+
+
+@needs_ray
+def test_ray_resume_skips_ok_and_reruns_failed(local_ray, tmp_path):
+    reg = registries()
+    m = expand(reg, plugins="healthy,raises", datasets="8gaussians", budget="faults")
+    ex = make_executor("ray", options=options())
+    first = run_all(m, reg, tmp_path, executor=ex)
+    assert sorted(r["status"] for r in first) == ["failed", "ok"]
+    seen = []
+    run_all(m, reg, tmp_path, resume=True, executor=ex, on_record=lambda s, r, i, n: seen.append((s.method, r and r["status"])))
+    assert sorted(seen) == [("healthy", None), ("raises", "failed")]
+
+
+@needs_ray
+def test_unreachable_ray_address_is_one_line_and_fast(tmp_path):
+    ex = make_executor("ray", ray_address="127.0.0.1:9", options=options())
+    t0 = time.monotonic()
+    with pytest.raises(ExecutionError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:9: .*ray start --head") as info:
+        ex.run([HEALTHY], registries(), tmp_path)
+    assert time.monotonic() - t0 < 15 and "\n" not in str(info.value)
+
+
+def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ExecutionError, match=r"pip install 'gmbench\[ray\]'"):
+        make_executor("ray").run([HEALTHY], registries(), tmp_path)
+
+
+def test_executor_options_are_checked():
+    with pytest.raises(ExecutionError, match="--jobs must be at least 1"):
+        make_executor("local", jobs=0)
+    with pytest.raises(ExecutionError, match="--jobs is for --executor local"):
+        make_executor("ray", jobs=2)
+    with pytest.raises(ExecutionError, match="unknown executor 'dask'"):
+        make_executor("dask")
+
+
+# -- precision ---------------------------------------------------------------------------
+
+
+class DtypeProbe(GaussianFit):
+    """Records the dtype its linear layer computes in, in training and in sampling."""
+
+    name = "dtype-probe"
+    seen: list = []
+
+    def training_step(self, stage, batch, step):
+        DtypeProbe.seen.append(("train", self.proj(batch).dtype))
+        return super().training_step(stage, batch, step)
+
+    def sample(self, n, sampler, nfe, generator):
+        x = super().sample(n, sampler, nfe, generator)
+        DtypeProbe.seen.append(("sample", self.proj(x).dtype))
+        return self.proj(x)
+
+
+class ProbePlugin:
+    from gmbench import hookimpl
+
+    @hookimpl
+    def gmbench_register_methods(self, register):
+        register(DtypeProbe)
+
+
+def test_bf16_autocasts_training_and_sampling_and_changes_the_fingerprint(tmp_path):
+    reg = Registries(make_plugin_manager((FaultsPlugin(), ProbePlugin()), load_entrypoints=False))
+    fp32_spec = RunSpec("dtype-probe", "8gaussians", "faults", 0)
+    bf16_spec = RunSpec("dtype-probe", "8gaussians", "faults", 0, precision="bf16")
+    DtypeProbe.seen = []
+    fp32 = run_one(fp32_spec, reg, tmp_path)
+    assert {dt for _, dt in DtypeProbe.seen} == {torch.float32}
+    DtypeProbe.seen = []
+    bf16 = run_one(bf16_spec, reg, tmp_path)
+    assert bf16["status"] == "ok", bf16["error"]
+    assert set(DtypeProbe.seen) == {("train", torch.bfloat16), ("sample", torch.bfloat16)}
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert bf16["fingerprint"] != fp32["fingerprint"] and bf16["fingerprint_fields"]["precision"] == "bf16"
+    assert bf16_spec.filename != fp32_spec.filename  # both records live side by side
+    assert all(c["sampling_precision"] == "bf16 autocast" for c in bf16["cost"]["sampling"])
+
+
+# -- GPU (skipped on CPU-only machines) ---------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_run_in_a_worker(tmp_path, precision):
+    spec = RunSpec("healthy", "8gaussians", "faults", 0, device="cuda", precision=precision)
+    [rec] = make_executor("local", jobs=1, options=options()).run([spec], registries(), tmp_path)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["provenance"]["device"].startswith("cuda")

@@ -1,0 +1,139 @@
+"""Fault isolation: each broken plugin becomes a failed record with a clear one-line
+error, the healthy runs beside it complete, and ``--resume`` redoes exactly what is
+missing or failed. A writer killed mid-record leaves no partial record.
+
+The same matrix under Ray is in test_executors.py (one local Ray per module).
+docs/reliability.md is the table of these outcomes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gmbench.execution import RunOptions, make_executor
+from gmbench.plugins import Registries, make_plugin_manager
+from gmbench.records import RunSpec, finished, load_records
+from gmbench.runner import expand, run_all
+from tests.plugins.faulty_methods import FAULTS, FaultsPlugin
+
+REPO = Path(__file__).resolve().parents[1]
+#: faults that cannot be contained in-process: the cap needs its own process, and
+#: a SIGKILL would take the test runner with it
+WORKER_ONLY = ("memory-hog", "sigkilled")
+
+
+def registries() -> Registries:
+    return Registries(make_plugin_manager((FaultsPlugin(),), load_entrypoints=False))
+
+
+def options(**kw) -> RunOptions:
+    return RunOptions(grace_s=0.5, threads=1, extra_plugins=(FaultsPlugin(),), load_entrypoints=False, **kw)
+
+
+def run_matrix(executor, faults, out_dir) -> dict[str, dict]:
+    reg = registries()
+    m = expand(reg, plugins=",".join(("healthy", *faults)), datasets="8gaussians", budget="faults")
+    with executor:
+        records = run_all(m, reg, out_dir, executor=executor)
+    assert len(records) == len(m.specs)
+    return {r["method"]: r for r in records}
+
+
+def assert_isolated(records: dict[str, dict], faults, out_dir: Path) -> None:
+    healthy = records.pop("healthy")
+    assert healthy["status"] == "ok", healthy["error"]
+    assert healthy["train"]["steps"] > 0 and any(e["name"] == "swd" and e["value"] is not None for e in healthy["metrics"])
+    for method in faults:
+        rec = records[method]
+        assert rec["status"] == "failed", method
+        assert FAULTS[method] in rec["error"], (method, rec["error"])
+        assert "\n" not in rec["error"] and len(rec["error"]) < 400
+    on_disk, problems = load_records([out_dir])
+    assert problems == [] and len(on_disk) == len(faults) + 1
+
+
+def test_in_process_faults_become_failed_records(tmp_path):
+    faults = [f for f in FAULTS if f not in WORKER_ONLY]
+    t0 = time.monotonic()
+    records = run_matrix(make_executor("local", options=options()), faults, tmp_path)
+    assert_isolated(records, faults, tmp_path)
+    # the watchdog stopped the hang at training cap + evaluation cap + grace, not an hour later
+    assert time.monotonic() - t0 < 60
+    assert "run hung" in records["hangs"]["error"]
+
+
+def test_in_process_memory_cap_is_refused_with_a_reason(tmp_path):
+    from gmbench.execution import ExecutionError
+
+    with pytest.raises(ExecutionError, match="needs worker processes"):
+        run_matrix(make_executor("local", options=options(memory_cap_mb=300)), [], tmp_path)
+
+
+def test_worker_processes_contain_every_fault(tmp_path):
+    faults = list(FAULTS)
+    records = run_matrix(make_executor("local", jobs=2, options=options(memory_cap_mb=300)), faults, tmp_path)
+    assert_isolated(records, faults, tmp_path)
+    assert "(cap 300 MB)" in records["memory-hog"]["error"]
+    assert "worker killed" in records["hangs"]["error"]
+
+
+def test_resume_redoes_exactly_the_failed_and_missing_runs(tmp_path):
+    reg = registries()
+    m = expand(reg, plugins="healthy,raises", datasets="8gaussians", budget="faults", seeds=[0, 1])
+    executor = make_executor("local", jobs=2, options=options())
+    run_all(m, reg, tmp_path, executor=executor)
+    kept = RunSpec("healthy", "8gaussians", "faults", 0)
+    lost = RunSpec("healthy", "8gaussians", "faults", 1)
+    (tmp_path / lost.filename).unlink()
+    kept_bytes = (tmp_path / kept.filename).read_bytes()
+
+    seen = []
+    run_all(m, reg, tmp_path, resume=True, executor=executor,
+            on_record=lambda s, r, i, n: seen.append((s.method, s.seed, r and r["status"])))
+    assert sorted(seen) == [("healthy", 0, None), ("healthy", 1, "ok"), ("raises", 0, "failed"), ("raises", 1, "failed")]
+    assert (tmp_path / kept.filename).read_bytes() == kept_bytes  # an ok record is never rewritten
+    assert finished(tmp_path, lost)
+
+
+WRITER = """
+import os, sys, time
+from gmbench.records import RunSpec, write_record
+
+def stalled_fsync(fd):  # the data is written, the rename has not happened: kill here
+    print("WRITING", flush=True)
+    time.sleep(120)
+
+os.fsync = stalled_fsync
+spec = RunSpec("healthy", "8gaussians", "faults", 0)
+write_record(sys.argv[1], spec, {"method": "healthy", "status": "ok", "padding": "x" * 50_000_000})
+"""
+
+
+def test_writer_killed_mid_record_leaves_no_partial_record_and_resume_redoes_it(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == b"WRITING"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    spec = RunSpec("healthy", "8gaussians", "faults", 0)
+    partial = list(tmp_path.glob(".tmp-*"))
+    assert len(partial) == 1 and partial[0].stat().st_size > 10_000_000  # killed with the data on disk
+    assert list(tmp_path.glob("*.json")) == []
+    assert load_records([tmp_path]) == ([], [])
+    assert not finished(tmp_path, spec)
+
+    old = time.time() - 2 * 3600  # a writer dead for two hours: resume clears its leftovers
+    os.utime(partial[0], (old, old))
+    reg = registries()
+    run_all(expand(reg, plugins="healthy", datasets="8gaussians", budget="faults"), reg, tmp_path, resume=True)
+    assert finished(tmp_path, spec)
+    assert [p.name for p in tmp_path.iterdir()] == [spec.filename]

@@ -1,0 +1,294 @@
+"""`gmbench leaderboard`: ranking, intervals, escaping, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gmbench import hookimpl
+from gmbench.cli import main
+from gmbench.leaderboard import build_boards, md_escape, pareto_front, t_interval, write_leaderboards
+
+LATEST = "2031-05-06T07:08:09+00:00"
+
+
+def make_record(method, seed, values, *, dataset="8gaussians", budget="tiny", status="ok", error=None,
+                fingerprint="fp-one", likelihood=("test_nll", 1.5, "exact"), finished_at="2030-01-01T00:00:00+00:00",
+                samples_per_s=1000.0, hparams=None, eval_samples=500, **extra) -> dict:
+    """A run record shaped like the runner's; ``values`` maps (name, sampler, nfe) -> value."""
+    metrics = [{"metric": "m", "version": "1", "name": n, "sampler": s, "nfe": k, "value": v}
+               for (n, s, k), v in values.items()]
+    if likelihood and status == "ok":
+        name, value, label = likelihood
+        metrics.insert(0, {"metric": "likelihood", "version": "1", "name": name, "sampler": None, "nfe": None,
+                           "value": value, "label": label})
+    settings = sorted({(s, k) for (_, s, k) in values})
+    return {
+        "schema": 1, "method": method, "dataset": dataset, "budget": budget, "seed": seed,
+        "hparams": hparams or {}, "status": status, "error": error, "metrics": metrics if status == "ok" else [],
+        "cost": {"params": 1234, "train_flops": 5e6,
+                 "sampling": [{"sampler": s, "nfe": k, "samples_per_s": samples_per_s * (10 / k)} for s, k in settings]},
+        "provenance": {"gmbench_version": "0.1.0", "git_revision": "abc123", "device": "cpu"},
+        "fingerprint": fingerprint, "fingerprint_fields": {"dataset": dataset, "eval_samples": eval_samples},
+        "finished_at": finished_at, **extra,
+    }
+
+
+def write(dirpath: Path, records) -> Path:
+    dirpath.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(records):
+        (dirpath / f"{rec['method']}-{rec.get('seed')}-{i}.json").write_text(json.dumps(rec))
+    return dirpath
+
+
+def standard_records():
+    return [
+        make_record("slow", 0, {("swd", "euler", 10): 0.9, ("swd", "euler", 50): 0.5}),
+        make_record("slow", 1, {("swd", "euler", 10): 0.8, ("swd", "euler", 50): 0.6}, finished_at=LATEST),
+        make_record("fast", 0, {("swd", "direct", 1): 0.30}, likelihood=("test_nll", 2.0, "bound")),
+        make_record("fast", 1, {("swd", "direct", 1): 0.34}, likelihood=("test_nll", 2.2, "bound")),
+        make_record("gan", 0, {("swd", "direct", 1): 0.7}, likelihood=None),
+        make_record("broken", 0, {}, status="failed", error="RuntimeError: exploded at step 3"),
+    ]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def table_rows(page: str, header: str) -> list[str]:
+    """The lines of the table whose header row starts with the given cells (space-insensitive)."""
+    lines = page.splitlines()
+    pattern = re.compile(r"\|\s*" + r"\s*\|\s*".join(map(re.escape, header.strip("| ").split("|"))) + r"\s*\|")
+    i = next(n for n, line in enumerate(lines) if pattern.match(line.replace(" ", " ")))
+    rows = []
+    for line in lines[i:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def cells(row: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+
+
+# -- ranking ---------------------------------------------------------------------------------
+
+
+def test_board_ranks_by_primary_metric_and_shows_failures(tmp_path):
+    res = invoke("leaderboard", write(tmp_path / "r", standard_records()), "--out", tmp_path / "lb")
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "lb" / "8gaussians__tiny.md").read_text()
+    rows = [cells(r) for r in table_rows(page, "#")[2:]]
+    assert [r[1] for r in rows] == ["fast", "slow", "gan", "broken"]
+    assert [r[0] for r in rows] == ["1", "2", "3", "—"]
+    fast = rows[0]
+    assert fast[2].startswith("0.32 ± ") and fast[2].endswith("(n=2)")
+    assert fast[4] == "direct @ 1"
+    assert fast[5].startswith("≤ 2.1 ± ") and fast[5].endswith("test\\_nll, bound")
+    assert rows[1][5].startswith("1.5 ") and "exact" in rows[1][5]
+    assert rows[2][5] == "none"
+    assert rows[3][-1].startswith("failed (1/1 seeds): RuntimeError: exploded at step 3")
+    assert "## Failed runs" in page and "exploded at step 3" in page.split("## Failed runs")[1]
+    index = (tmp_path / "lb" / "index.md").read_text()
+    assert "[8gaussians / tiny](8gaussians__tiny.md)" in index
+    assert (tmp_path / "lb" / "8gaussians__tiny.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_best_setting_is_chosen_on_the_mean_over_seeds(tmp_path):
+    # per-seed best would pick NFE 10 for seed 0 (0.1) and NFE 50 for seed 1 (0.4): mean 0.25, a flattering mix
+    recs = [make_record("m", 0, {("swd", "s", 10): 0.1, ("swd", "s", 50): 0.5}),
+            make_record("m", 1, {("swd", "s", 10): 0.9, ("swd", "s", 50): 0.4})]
+    write_leaderboards(recs, tmp_path, _registries())
+    row = cells(table_rows((tmp_path / "8gaussians__tiny.md").read_text(), "#")[2])
+    assert row[2].startswith("0.45 ± ") and row[4] == "s @ 50"
+
+
+def test_a_setting_missing_on_some_seeds_does_not_win(tmp_path):
+    recs = [make_record("m", 0, {("swd", "s", 10): 0.1, ("swd", "s", 50): 0.5}),
+            make_record("m", 1, {("swd", "s", 50): 0.4})]  # NFE 10 failed on seed 1
+    (board,) = build_boards(recs, _registries())
+    assert (board.ranking[0]["nfe"], board.ranking[0]["n"]) == (50, 2)
+
+
+def test_quality_versus_nfe_table(tmp_path):
+    write_leaderboards(standard_records(), tmp_path, _registries())
+    rows = table_rows((tmp_path / "8gaussians__tiny.md").read_text(), "method|sampler")
+    assert cells(rows[0])[2:] == ["NFE 1", "NFE 10", "NFE 50"]
+    slow = next(cells(r) for r in rows[2:] if cells(r)[0] == "slow")
+    assert slow[1] == "euler" and slow[2] == "" and slow[3].startswith("0.85 ± ") and slow[4].startswith("0.55 ± ")
+
+
+def test_higher_is_better_metrics_rank_descending(tmp_path):
+    reg = _registries(ScorePlugin())
+    recs = [make_record(m, 0, {("score", "s", 1): v}, dataset="scored") for m, v in (("lo", 0.2), ("hi", 0.9), ("mid", 0.5))]
+    (board,) = build_boards(recs, reg)
+    assert board.direction == "higher"
+    assert [r["method"] for r in board.ranking] == ["hi", "mid", "lo"]
+
+
+def test_t_interval():
+    mean, half, n = t_interval([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3)
+    assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # t(0.975, 2) * sd / sqrt(n), sd = 1
+    assert math.isnan(t_interval([5.0])[1])
+
+
+def test_pareto_front():
+    pts = [(1.0, 0.5), (2.0, 0.6), (3.0, 0.2), (4.0, 0.3), (0.5, 0.9)]
+    assert pareto_front(pts, "lower") == [(0.5, 0.9), (1.0, 0.5), (3.0, 0.2)]
+    assert pareto_front(pts, "higher") == [(0.5, 0.9)]
+
+
+def test_hyperparameters_and_precision_are_separate_entries(tmp_path):
+    recs = [make_record("vae", 0, {("swd", "p", 1): 0.5}),
+            make_record("vae", 0, {("swd", "p", 1): 0.4}, hparams={"beta": 0.5}),
+            make_record("vae", 0, {("swd", "p", 1): 0.45}, precision="bf16")]
+    (board,) = build_boards(recs, _registries())
+    assert [r["method"] for r in board.ranking] == ["vae[beta=0.5]", "vae[bf16]", "vae"]
+
+
+# -- safety and determinism ------------------------------------------------------------------
+
+
+def test_plugin_text_cannot_break_tables_or_inject_markup(tmp_path):
+    evil = "evil|name\n<script>alert(1)</script>[x](javascript:y)"
+    recs = standard_records() + [
+        make_record(evil, 0, {("swd", "s|x\n", 1): 0.1}),
+        make_record("bad-error", 0, {}, status="failed", error="boom | <img src=x onerror=alert(1)>\nsecond line"),
+    ]
+    write_leaderboards(recs, tmp_path, _registries())
+    page = (tmp_path / "8gaussians__tiny.md").read_text()
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;" in page and "second line" not in page
+    assert "[x](javascript" not in page and "\\[x\\](javascript" in page  # brackets escaped: no link
+    for header in ("#", "method|sampler", "method|seed"):
+        rows = table_rows(page, header)
+        widths = {len(cells(r)) for r in rows}
+        assert len(widths) == 1, f"a row of the {header!r} table has a different number of columns"
+    assert md_escape("a|b\r\nc<d>") == "a\\|b c&lt;d&gt;"
+
+
+def test_same_records_give_byte_identical_output(tmp_path):
+    recs = standard_records()
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_leaderboards(recs, a, _registries())
+    write_leaderboards(list(reversed(recs)), b, _registries())
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) and any(n.endswith(".png") for n in names)
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    page = (a / "8gaussians__tiny.md").read_text()
+    assert f"latest run finished {LATEST}" in page  # the date comes from the records, not the clock
+    assert "gmbench 0.1.0 at git revision abc123, device cpu" in page
+
+
+def test_duplicate_records_of_one_run_count_once(tmp_path):
+    recs = standard_records()
+    res = invoke("leaderboard", write(tmp_path / "r1", recs), write(tmp_path / "r2", recs[:2]), "--out", tmp_path / "lb")
+    assert res.exit_code == 0, res.output
+    assert "2 duplicate record(s)" in res.output
+    row = cells(table_rows((tmp_path / "lb" / "8gaussians__tiny.md").read_text(), "#")[3])
+    assert row[1] == "slow" and row[3] == "2/2"
+
+
+def test_mixed_fingerprints_are_refused_unless_allowed(tmp_path):
+    recs = standard_records()
+    recs[0] = make_record("slow", 0, {("swd", "euler", 10): 0.9}, fingerprint="fp-two", eval_samples=2000)
+    res = invoke("leaderboard", write(tmp_path / "r", recs), "--out", tmp_path / "lb")
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit)
+    assert "mixes 2 protocol fingerprints" in res.output and "eval_samples" in res.output and "--allow-mixed" in res.output
+    assert not (tmp_path / "lb").exists()
+    res = invoke("leaderboard", tmp_path / "r", "--out", tmp_path / "lb", "--allow-mixed")
+    assert res.exit_code == 0, res.output
+    assert "**Warning:** this board mixes 2 protocol fingerprints" in (tmp_path / "lb" / "8gaussians__tiny.md").read_text()
+
+
+def test_one_board_per_dataset_and_budget(tmp_path):
+    recs = standard_records() + [make_record("fast", 0, {("swd", "direct", 1): 0.2}, dataset="moons"),
+                                 make_record("fast", 0, {("swd", "direct", 1): 0.2}, budget="smoke", fingerprint="fp-3")]
+    paths = write_leaderboards(recs, tmp_path, _registries())
+    assert sorted(p.name for p in paths if p.suffix == ".md") == [
+        "8gaussians__smoke.md", "8gaussians__tiny.md", "index.md", "moons__tiny.md"]
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "no such results path"),
+    (lambda d: d.mkdir(), "no run records (*.json) found"),
+    (lambda d: write(d, standard_records()) and (d / "zz.json").write_text('{"method": "x", '), "is not valid JSON"),
+    (lambda d: write(d, [make_record("a", 0, {("swd", "s", 1): 1.0}, schema=99)]), "newer than this gmbench"),
+    (lambda d: write(d, [{"method": "a", "status": "ok"}]), "lacks field(s) dataset, budget, seed"),
+    (lambda d: write(d, [make_record("a", 0, {("swd", "s", 1): 1.0}, dataset="nowhere")]), "'nowhere' is not registered"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, setup, message):
+    setup(tmp_path / "results")
+    res = invoke("leaderboard", tmp_path / "results", "--out", tmp_path / "lb")
+    assert res.exit_code == 1
+    assert isinstance(res.exception, SystemExit), f"traceback instead of a message: {res.exception!r}"
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_records_written_by_the_runner(tmp_path):
+    """End to end with real records: fake methods through the real runner."""
+    from gmbench.plugins import Registries, make_plugin_manager
+    from gmbench.runner import expand, run_all
+    from tests.plugins.fake_methods import BrokenTrain, FakePlugin, GaussianFit, TinyGAN
+
+    reg = Registries(make_plugin_manager(extra_plugins=(FakePlugin(GaussianFit, TinyGAN, BrokenTrain), TinyBudgetPlugin()),
+                                         load_entrypoints=False))
+    run_all(expand(reg, "gaussfit,tinygan,broken-train", "8gaussians", "lb-tiny", seeds=(0, 1)), reg, tmp_path / "runs")
+    res = invoke("leaderboard", tmp_path / "runs", "--out", tmp_path / "lb")
+    assert res.exit_code == 0, res.output
+    rows = [cells(r) for r in table_rows((tmp_path / "lb" / "8gaussians__lb-tiny.md").read_text(), "#")[2:]]
+    by_method = {r[1]: r for r in rows}
+    assert set(by_method) == {"gaussfit", "tinygan", "broken-train"}
+    assert by_method["gaussfit"][3] == "2/2" and "exact" in by_method["gaussfit"][5] and "(n=2)" in by_method["gaussfit"][2]
+    assert by_method["tinygan"][5] == "none"
+    assert by_method["broken-train"][0] == "—" and "injected failure" in by_method["broken-train"][-1]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class TinyBudgetPlugin:
+    @hookimpl
+    def gmbench_register_budgets(self, register):
+        from gmbench.budget import Budget
+
+        register(Budget(name="lb-tiny", train_flops={"toy2d": 2e5, "image": 2e5, "text": 2e5},
+                        batch_size={"toy2d": 64, "image": 16, "text": 8}, wall_clock_s=30, model_size="tiny",
+                        eval_samples={"toy2d": 200, "image": 16, "text": 8}, nfe_grid=(2,), eval_timeout_s=30))
+
+
+class ScorePlugin:
+    """A dataset ranked by a higher-is-better metric."""
+
+    @hookimpl
+    def gmbench_register_datasets(self, register):
+        from gmbench.data.toy2d import TOY2D_DATASETS
+
+        base = next(d for d in TOY2D_DATASETS if d.name == "moons")
+        register(type("Scored", (base,), {"name": "scored", "primary_metric": "score"}))
+
+    @hookimpl
+    def gmbench_register_metrics(self, register):
+        from gmbench.metrics.base import Metric, MetricOutput
+
+        register(type("Score", (Metric,), {"name": "score", "modalities": ("toy2d",),
+                                           "outputs": (MetricOutput("score", "higher"),)})())
+
+
+def _registries(*plugins):
+    from gmbench.plugins import Registries, make_plugin_manager
+
+    return Registries(make_plugin_manager(extra_plugins=plugins, load_entrypoints=False))
