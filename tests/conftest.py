@@ -8,6 +8,12 @@ import pytest
 
 # Hub datasets must never try the network in tests.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Metric caches (reference statistics, the reference language model) go to a
+# per-session folder, never the user's ~/.cache/gmbench.
+if "GMBENCH_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["GMBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="gmbench-test-cache-")
 
 
 @pytest.fixture

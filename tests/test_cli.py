@@ -46,7 +46,8 @@ def test_bad_names_are_one_line_errors(tmp_path):
         assert res.exit_code != 0, args
         assert needle in res.output, res.output
         assert "Traceback" not in res.output
-        assert len(res.output.strip().splitlines()) <= 3
+        # click may print its usage lines first; the error itself is one line
+        assert sum(needle in line for line in res.output.splitlines()) == 1
 
 
 def test_hub_dataset_offline_fails_fast_as_a_failed_record(tmp_path):

@@ -10,14 +10,15 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from gmbench.execution import ExecutionError, RunOptions, make_executor
+from gmbench.execution import ExecutionError, make_executor
 from gmbench.plugins import Registries, make_plugin_manager
-from gmbench.records import RunSpec
+from gmbench.records import RunSpec, load_records
 from gmbench.runner import expand, run_all, run_one
 from tests.plugins.fake_methods import GaussianFit
 from tests.plugins.faulty_methods import FAULTS, FaultsPlugin
@@ -70,7 +71,8 @@ def ray_basic(local_ray, tmp_path_factory):
 
 def test_worker_process_gives_the_in_process_numbers(in_process_record, tmp_path):
     assert in_process_record["status"] == "ok", in_process_record["error"]
-    [worker] = make_executor("local", jobs=1, options=options()).run([HEALTHY], registries(), tmp_path)
+    # --deterministic changes kernels on a GPU; on the CPU it must change nothing
+    [worker] = make_executor("local", jobs=1, options=options(deterministic=True)).run([HEALTHY], registries(), tmp_path)
     assert worker["status"] == "ok", worker["error"]
     assert metric_values(worker) == metric_values(in_process_record)
     assert worker["fingerprint"] == in_process_record["fingerprint"]
@@ -133,6 +135,41 @@ def test_executor_options_are_checked():
         make_executor("ray", jobs=2)
     with pytest.raises(ExecutionError, match="unknown executor 'dask'"):
         make_executor("dask")
+
+
+def test_cli_builds_the_executor_from_its_options(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import gmbench.execution as execution
+    from gmbench.cli import main
+    from gmbench.execution.inprocess import InProcessExecutor
+
+    calls = []
+
+    def spy(name, **kw):
+        calls.append((name, kw))
+        if name == "ray":
+            raise ExecutionError("stopped by the test")
+        return InProcessExecutor(replace(kw["options"], extra_plugins=(FaultsPlugin(),), load_entrypoints=False))
+
+    monkeypatch.setattr("gmbench.plugins.Registries", registries)
+    monkeypatch.setattr(execution, "make_executor", spy)
+    base = ["run", "--plugins", "healthy", "--datasets", "8gaussians", "--budget", "faults", "--out", str(tmp_path)]
+    res = CliRunner().invoke(main, [*base, "--jobs", "2", "--grace", "5", "--precision", "bf16", "--deterministic"])
+    assert res.exit_code == 0, res.output
+    name, kw = calls[-1]
+    assert (name, kw["jobs"], kw["options"].grace_s, kw["options"].deterministic) == ("local", 2, 5.0, True)
+    [rec], _ = load_records([tmp_path])
+    assert rec["precision"] == "bf16"
+
+    res = CliRunner().invoke(main, [*base, "--executor", "ray", "--device", "cuda", "--ray-address", "auto"])
+    assert res.exit_code == 1 and "stopped by the test" in res.output
+    name, kw = calls[-1]
+    assert (name, kw["gpus_per_run"], kw["ray_address"]) == ("ray", 1, "auto")
+    for bad, message in ((["--executor", "ray", "--device", "cuda:1"], "Ray assigns each run its GPU"),
+                         (["--device", "cuda", "--memory-cap-mb", "500"], "cannot cap host address space with CUDA")):
+        res = CliRunner().invoke(main, [*base, *bad])
+        assert res.exit_code == 1 and message in res.output and res.output.strip().count("\n") == 0
 
 
 # -- precision ---------------------------------------------------------------------------

@@ -179,7 +179,9 @@ def test_nelbo_is_exact_in_expectation_for_factorised_data():
         torch.testing.assert_close(_exact_mask_expectation(x, t, LogLinearSchedule(), P), exact, rtol=1e-12, atol=1e-12)
     # cosine: exact after integrating over t (Gauss-Legendre, 40 nodes)
     nodes, weights = (torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.legendre.leggauss(40))
-    integral = sum(w / 2 * _exact_mask_expectation(x, float((s + 1) / 2), CosineSchedule(), P) for s, w in zip(nodes, weights))
+    integral = sum(
+        w / 2 * _exact_mask_expectation(x, float((s + 1) / 2), CosineSchedule(), P) for s, w in zip(nodes, weights)
+    )
     torch.testing.assert_close(integral, exact, rtol=1e-9, atol=1e-9)
     # a wrong factorised denoiser q pays exactly sum_l log p(x_l)/q(x_l) more
     q = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2], dtype=torch.float64)
@@ -231,6 +233,7 @@ def test_sampler_with_unigram_denoiser_draws_p_and_no_mask():
     method = unigram_mdlm(length)
     out = method.sample(n, "ancestral", 8, gen(4))
     assert out.shape == (n, length) and out.dtype == torch.long
+    assert method.sampling_precision == "float64"  # what the host records beside sample metrics
     assert (out >= 0).all() and (out < V).all()  # no [MASK] left
     freq = torch.bincount(out.flatten(), minlength=V).double() / out.numel()
     se = (P * (1 - P) / out.numel()).sqrt()
@@ -323,10 +326,10 @@ def test_registered_through_the_entry_point():
 
 
 def test_learns_synthlang_beyond_uniform_and_unigram_baselines():
-    # Windows of 16 characters, trained on the whole smoke budget (~900 steps, ~10 s).
-    # At the default 64 the shared transformer (learned absolute positions) stays on
-    # the unigram plateau for 2000+ steps: a masked position sees its neighbours only
-    # through attention, which must first learn where they are.
+    # Windows of 16 characters, trained on the whole smoke budget (~900 steps, ~8 s).
+    # At the default 64 the tiny transformer (learned absolute positions) needs ~400
+    # steps, twice what smoke buys, to leave the unigram plateau: a masked position
+    # sees its neighbours only through attention, which must first learn where they are.
     data = SyntheticLanguage(seq_len=16, n_train=4000, n_test=500)
     budget = SMOKE
     torch.manual_seed(0)
@@ -338,7 +341,7 @@ def test_learns_synthlang_beyond_uniform_and_unigram_baselines():
     p = counts / counts.sum()
     unigram = float(-(p[p > 0] * p[p > 0].log2()).sum())
     assert unigram < math.log2(27)
-    assert bpc < unigram - 0.5, (bpc, unigram)  # measured: 3.52 against 4.51
+    assert bpc < unigram - 1.0, (bpc, unigram)  # measured: 2.83 against 4.51
     test_x = data.split("test").x
     true_bits = float(-data.log_prob(test_x).mean() / (test_x.shape[1] * math.log(2)))
     assert bpc > true_bits - 0.05  # a bound cannot beat the source's exact NLL (up to MC noise)

@@ -24,6 +24,7 @@ from gmbench.method import MethodError
 from gmbench.metrics.base import EvalContext
 from gmbench.metrics.distances import sliced_wasserstein
 from gmbench.metrics.likelihood import HeldOutLikelihood
+from gmbench.testing import MethodConformance
 from gmbench.training import train
 from gmbench_methods.latent_variable import vae as vae_module
 from gmbench_methods.latent_variable.vae import VAE, gaussian_log_prob, kl_to_standard_normal, reparameterise
@@ -277,3 +278,16 @@ def test_bad_inputs_raise_one_line():
         model.sample(4, "prior_", 1, gen())
     with pytest.raises(MethodError, match="does not support 'text'"):
         VAE(DataSpec(name="t", modality="text", shape=(8,), vocab_size=5))
+
+
+# ------------------------------------------------------------------ conformance kit
+
+
+class TestVAEConformanceToy(MethodConformance):
+    method = VAE
+    dataset = "8gaussians"
+
+
+class TestVAEConformanceDigits(MethodConformance):
+    method = VAE
+    dataset = "digits"

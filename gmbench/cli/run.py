@@ -49,10 +49,10 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, execu
         raise click.ClickException("nothing to run: no selected method supports the selected datasets")
     matrix.specs = _configure(matrix.specs, precision, _parse_loads(loads, {s.method for s in matrix.specs}))
     if memory_cap_mb and device.startswith("cuda"):
-        raise click.BadParameter("cannot cap host address space with CUDA (the driver reserves tens of GB of it); "
-                                 "leave it out: GPU out-of-memory errors become failed records anyway", param_hint="--memory-cap-mb")
+        raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
+                                   "of it); leave it out: GPU out-of-memory errors become failed records anyway")
     if executor == "ray" and device.startswith("cuda:"):
-        raise click.BadParameter("under Ray use --device cuda: Ray assigns each run its GPU", param_hint="--device")
+        raise click.ClickException("--device: under Ray use --device cuda, not cuda:N: Ray assigns each run its GPU")
     if gpus_per_run is None:
         gpus_per_run = 1 if device.startswith("cuda") else 0
     options = RunOptions(checkpoint_dir=checkpoint_dir, memory_cap_mb=memory_cap_mb, grace_s=grace_s, deterministic=deterministic)
@@ -94,13 +94,13 @@ def _parse_loads(loads: tuple[str, ...], methods: set[str]) -> dict[str, str]:
     for item in loads:
         method, sep, path = item.partition("=")
         if not sep or not method or not path:
-            raise click.BadParameter(f"{item!r}: use METHOD=PATH", param_hint="--load")
+            raise click.ClickException(f"--load {item!r}: use METHOD=PATH")
         if method not in methods:
-            raise click.BadParameter(f"{method!r} is not among the runs selected ({', '.join(sorted(methods))})", param_hint="--load")
+            raise click.ClickException(f"--load: {method!r} is not among the runs selected ({', '.join(sorted(methods))})")
         try:
             out[method] = str(check_checkpoint_path(path).resolve())
         except LoadError as exc:
-            raise click.BadParameter(str(exc), param_hint="--load") from None
+            raise click.ClickException(f"--load: {exc}") from None
     return out
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from abc import ABC, abstractmethod
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar

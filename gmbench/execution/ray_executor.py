@@ -75,6 +75,9 @@ class RayExecutor(Executor):
     def run(self, specs: list[RunSpec], reg, out_dir: str | Path, report: Report | None = None) -> list[dict]:
         ray = self.connect()
         options = self.options if self.options.threads else replace(self.options, threads=max(1, int(self.cpus_per_run)))
+        # a task may run on another node, in another working directory
+        absolute = {k: str(Path(v).resolve()) for k in ("cache_dir", "checkpoint_dir") if (v := getattr(options, k))}
+        options = replace(options, **absolute)
         # run_isolated's module does not import torch: the Ray worker stays light, only its child loads torch
         task = ray.remote(run_isolated).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries, retry_exceptions=False,
@@ -153,5 +156,10 @@ def _json_roundtrip(record: dict) -> dict:
 
 
 def _ray_error_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    import re
+
+    cause = getattr(exc, "cause", None)  # RayTaskError carries the task's own exception
+    if isinstance(cause, BaseException):
+        return f"{type(exc).__name__}: {one_line(cause)}"
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

@@ -86,6 +86,15 @@ class HangsInStep(GaussianFit):
         return super().training_step(stage, batch, step)
 
 
+class HangsInSampler(GaussianFit):
+    """Blocks inside ``sample``, where the evaluation catches a sampler's exceptions."""
+
+    name = "hangs-sampling"
+
+    def sample(self, n, sampler, nfe, generator):
+        time.sleep(3600)
+
+
 class MemoryHog(GaussianFit):
     """Allocates 64 MB blocks inside a step, up to 3 GB (bounded, so an uncapped
     run cannot take a shared machine down; run it only under a smaller cap)."""
@@ -117,11 +126,13 @@ FAULTS = {
     "wrong-shape": "samples have shape (256, 3), expected (n, 2)",
     "nan-samples": "samples contain NaN or inf",
     "hangs": "RunHung",
+    "hangs-sampling": "RunHung",
     "memory-hog": "out of memory (cap",
     "sigkilled": "WorkerDied: the worker process was killed by SIGKILL",
 }
 
-ALL = (Healthy, RaisesInTraining, NaNLoss, InfLoss, WrongShapeSamples, NaNSamples, HangsInStep, MemoryHog, KilledWorker)
+ALL = (Healthy, RaisesInTraining, NaNLoss, InfLoss, WrongShapeSamples, NaNSamples, HangsInStep, HangsInSampler, MemoryHog,
+       KilledWorker)
 
 
 class FaultsPlugin:

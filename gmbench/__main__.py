@@ -1,0 +1,5 @@
+"""`python -m gmbench` is the `gmbench` command."""
+
+from gmbench.cli import main
+
+main()

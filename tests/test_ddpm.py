@@ -1,0 +1,343 @@
+"""Tests for the `ddpm` plugin (Ho et al., arXiv 2006.11239; DDIM sampler, arXiv 2010.02502).
+
+Closed forms checked, each derived here independently of the plugin's code:
+
+* the forward marginal ``q(x_t|x_0)`` (Eq. 4) from the product of the ``alpha_t``, and its
+  empirical moments;
+* the posterior ``q(x_s|x_t,x_0)`` (Eqs. 6-7, and its respaced form) by conditioning the
+  joint Gaussian of ``(x_s, x_t)`` given ``x_0``;
+* for data ``x_0 ~ N(m, s^2 I)`` the optimal noise predictor
+  ``eps*(x_t) = sqrt(1-abar_t)(x_t - sqrt(abar_t) m) / (abar_t s^2 + 1 - abar_t)``.
+  With it DDIM (eta = 0) is an affine map of the initial noise whose gain is a product of
+  per-step gains (computed here), ancestral sampling reproduces ``N(m, s^2)``, and the
+  expected variational bound has a closed form (``E||x_0 - E[x_0|x_t]||^2`` is the
+  posterior variance), which must lie above the true entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gmbench.budget import SMOKE
+from gmbench.data.base import DataSpec
+from gmbench.data.digits import Digits
+from gmbench.data.toy2d import EightGaussians
+from gmbench.method import MethodError
+from gmbench.metrics.base import EvalContext
+from gmbench.metrics.distances import sliced_wasserstein
+from gmbench.metrics.likelihood import HeldOutLikelihood
+from gmbench.testing import MethodConformance
+from gmbench.training import train
+from gmbench_methods.diffusion.ddpm import DDPM
+from gmbench_methods.diffusion.schedules import NoiseSchedule, space_timesteps
+
+T = 1000
+TOY = DataSpec(name="toy", modality="toy2d", shape=(2,))
+# abar_0..abar_T of the paper's linear schedule, computed without the plugin
+ABAR = np.concatenate([[1.0], np.cumprod(1 - np.linspace(1e-4, 0.02, T))])
+
+
+def spaced(nfe: int) -> list[int]:
+    """iDDPM's even spacing over 1..T with both ends: 1 + round(i (T-1) / (nfe-1))."""
+    return (1 + np.round(np.arange(nfe) * (T - 1) / max(nfe - 1, 1))).astype(int).tolist() if nfe > 1 else [T]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class GaussianOptimalEps(nn.Module):
+    """The exact E[eps | x_t] for x_0 ~ N(m, s^2 I); counts its calls."""
+
+    def __init__(self, m, s: float):
+        super().__init__()
+        self.m, self.s, self.calls = torch.as_tensor(m, dtype=torch.float64), s, 0
+        self.abar = torch.tensor(ABAR)
+
+    def forward(self, x, t):
+        self.calls += 1
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1) * T  # the plugin passes t / T
+        k = t.round().long()
+        assert torch.allclose(t, k.double(), atol=1e-3) and 1 <= int(k.min()) and int(k.max()) <= T
+        ab = self.abar[k].reshape(-1, 1)
+        eps = (1 - ab).sqrt() * (x.double() - ab.sqrt() * self.m) / (ab * self.s**2 + 1 - ab)
+        return eps.to(x.dtype)
+
+
+def optimal_ddpm(m=(1.0, -2.0), s=0.5, **kw) -> tuple[DDPM, GaussianOptimalEps]:
+    method = DDPM(TOY, model_size="tiny", ema_decay=0, **kw)
+    method.net = GaussianOptimalEps(m, s)  # no EMA: sampling and the bound use .net
+    return method, method.net
+
+
+# ------------------------------------------------------------ forward process and posterior
+
+
+def test_linear_schedule_matches_paper():
+    sched = NoiseSchedule.linear(T)
+    assert sched.T == T
+    torch.testing.assert_close(sched.betas, torch.linspace(1e-4, 0.02, T, dtype=torch.float64))
+    torch.testing.assert_close(sched.abar, torch.tensor(ABAR), rtol=1e-12, atol=0)
+    assert ABAR[T] < 5e-5  # q(x_T) is close to N(0, I)
+
+
+@pytest.mark.parametrize("t", [1, 10, 500, T])
+def test_forward_marginal_closed_form_and_empirical(t):
+    sched = NoiseSchedule.linear(T)
+    x0 = torch.tensor([[1.5, -0.5]]).expand(200_000, 2)
+    mean, var = sched.q_moments(x0[:1], torch.tensor([t]))
+    torch.testing.assert_close(mean, math.sqrt(ABAR[t]) * x0[:1])
+    torch.testing.assert_close(var, torch.full((1, 2), 1 - ABAR[t]))
+    xt = sched.q_sample(x0, torch.full((len(x0),), t), torch.randn(x0.shape, generator=gen()))
+    se_mean = math.sqrt((1 - ABAR[t]) / len(x0))
+    assert (xt.mean(0) - mean[0]).abs().max() < 5 * se_mean
+    assert (xt.var(0) / (1 - ABAR[t]) - 1).abs().max() < 5 * math.sqrt(2 / len(x0))
+
+
+@pytest.mark.parametrize("t,s", [(2, 1), (50, 49), (T, T - 1), (T, 1), (300, 120), (5, 0)])
+def test_posterior_matches_gaussian_conditioning(t, s):
+    """q(x_s|x_t,x_0) from the joint of (x_s, x_t) given x_0 (Eqs. 6-7, respaced when s < t-1)."""
+    sched = NoiseSchedule.linear(T)
+    x0 = torch.tensor([[0.7, -1.2], [3.0, 0.1]], dtype=torch.float64)
+    xt = torch.tensor([[0.2, 0.4], [-1.0, 2.0]], dtype=torch.float64)
+    a_t, a_s = ABAR[t], ABAR[s]
+    # x_s = sqrt(a_s) x0 + sqrt(1-a_s) e1 ; x_t = sqrt(a_t/a_s) x_s + sqrt(1 - a_t/a_s) e2
+    cov_st = math.sqrt(a_t / a_s) * (1 - a_s)
+    mean = math.sqrt(a_s) * x0 + cov_st / (1 - a_t) * (xt - math.sqrt(a_t) * x0)
+    var = (1 - a_s) - cov_st**2 / (1 - a_t)
+    got_mean, got_var = sched.q_posterior(x0, xt, torch.tensor([t] * 2), torch.tensor([s] * 2))
+    torch.testing.assert_close(got_mean, mean, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_var, torch.full_like(x0, var), rtol=1e-7, atol=1e-12)
+
+
+def test_posterior_mean_at_predicted_x0_is_algorithm_2():
+    """mu~(x0_pred(x_t, eps), x_t) = (x_t - beta_t / sqrt(1-abar_t) eps) / sqrt(alpha_t) (Eq. 11)."""
+    sched = NoiseSchedule.linear(T)
+    xt, eps = torch.randn(3, 64, 2, generator=gen(1), dtype=torch.float64)[:2]
+    for t in (1, 2, 77, T):
+        beta = 1 - ABAR[t] / ABAR[t - 1]
+        mean, _ = sched.q_posterior(sched.predict_x0(xt, t, eps), xt, t)
+        torch.testing.assert_close(mean, (xt - beta / math.sqrt(1 - ABAR[t]) * eps) / math.sqrt(1 - beta))
+
+
+def test_timestep_spacing_and_respaced_betas():
+    assert space_timesteps(T, T).tolist() == list(range(1, T + 1))
+    assert space_timesteps(T, 1).tolist() == [T]
+    for nfe in (2, 10, 20, 50, 999):
+        taus = space_timesteps(T, nfe)
+        assert len(taus) == nfe and taus[0] == 1 and taus[-1] == T and bool((taus.diff() > 0).all())
+        assert taus.tolist() == spaced(nfe)
+        # the respaced chain's betas reproduce abar on the sub-sequence
+        sched = NoiseSchedule.linear(T)
+        prev = torch.cat([torch.zeros(1, dtype=torch.long), taus[:-1]])
+        beta = sched.respaced_beta(taus, prev, torch.zeros(nfe))
+        torch.testing.assert_close(torch.cumprod(1 - beta.reshape(-1), 0), torch.tensor(ABAR[taus.numpy()]))
+    with pytest.raises(ValueError, match="1..1000"):
+        space_timesteps(T, 0)
+
+
+# ------------------------------------------------------ the optimal model for Gaussian data
+
+
+def ddim_gain(nfe: int, s: float) -> float:
+    """DDIM on x0 ~ N(m, s^2) maps x_T to m + G (x_T - sqrt(abar_T) m); G = product of step gains."""
+    taus = [0] + spaced(nfe)
+    g = 1.0
+    for t, prev in zip(taus[:0:-1], taus[-2::-1]):
+        a, b = ABAR[t], ABAR[prev]
+        g *= (math.sqrt(a * b) * s**2 + math.sqrt((1 - a) * (1 - b))) / (a * s**2 + 1 - a)
+    return g
+
+
+@pytest.mark.parametrize("nfe", [20, 50, T])
+def test_ddim_with_optimal_eps_is_the_exact_affine_map(nfe):
+    m, s, n = torch.tensor([1.0, -2.0]), 0.5, 20_000
+    method, _ = optimal_ddpm(m, s)
+    x = method.sample(n, "ddim", nfe, gen(3))
+    z = torch.randn(n, 2, generator=gen(3))  # the sampler's x_T
+    gain = ddim_gain(nfe, s)
+    torch.testing.assert_close(x, m + gain * (z - math.sqrt(ABAR[T]) * m), rtol=1e-4, atol=1e-4)
+    # DDIM under-disperses at few steps and converges to N(m, s^2) as steps grow
+    assert abs(gain / s - 1) < {20: 0.16, 50: 0.06, T: 0.005}[nfe]
+    assert (x.mean(0) - m).abs().max() < 0.02 and (x.std(0) / s - 1).abs().max() < {20: 0.16, 50: 0.07, T: 0.02}[nfe]
+
+
+@pytest.mark.parametrize("sigma2", ["beta", "beta_tilde"])
+def test_ancestral_with_optimal_eps_samples_the_data_distribution(sigma2):
+    m, s, n = torch.tensor([1.0, -2.0]), 0.5, 20_000
+    method, _ = optimal_ddpm(m, s, sigma2=sigma2)
+    x = method.sample(n, "ancestral", T, gen(4))
+    assert (x.mean(0) - m).abs().max() < 4 * s / math.sqrt(n)
+    assert (x.std(0) / s - 1).abs().max() < 0.02
+
+
+def expected_bound(m: torch.Tensor, s: float, sigma2: str) -> float:
+    """E over x_0 ~ N(m, s^2 I) of the bound (Eq. 5) for the optimal model, in nats."""
+    d, a = len(m), ABAR
+    post_var = lambda t: s**2 * (1 - a[t]) / (a[t] * s**2 + 1 - a[t])  # noqa: E731 - Var(x0 | x_t)
+    total = 0.5 * (d * (1 - a[T]) + a[T] * (float(m @ m) + d * s**2) - d - d * math.log(1 - a[T]))  # L_T
+    beta1 = 1 - a[1]
+    total += 0.5 * d * math.log(2 * math.pi * beta1) + d * post_var(1) / (2 * beta1)  # L_0
+    for t in range(2, T + 1):
+        beta = 1 - a[t] / a[t - 1]
+        tilde = (1 - a[t - 1]) / (1 - a[t]) * beta
+        var = beta if sigma2 == "beta" else tilde
+        coef_x0 = math.sqrt(a[t - 1]) * beta / (1 - a[t])  # mu~ - mu_theta = coef_x0 (x0 - E[x0|x_t])
+        total += 0.5 * d * (math.log(var / tilde) + tilde / var - 1) + d * coef_x0**2 * post_var(t) / (2 * var)
+    return total
+
+
+@pytest.mark.parametrize("sigma2,vlb_draws", [("beta", "all"), ("beta_tilde", "all"), ("beta", 10)])
+def test_bound_with_optimal_eps_is_above_the_true_nll_and_matches_closed_form(sigma2, vlb_draws):
+    m, s, n = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5, 4000
+    method, _ = optimal_ddpm(m, s, sigma2=sigma2, vlb_draws=vlb_draws)
+    x0 = (m + s * torch.randn(n, 2, generator=gen(5), dtype=torch.float64)).float()
+    nll = -torch.distributions.Normal(m, s).log_prob(x0.double()).sum(1)
+    gap = -method.log_likelihood(x0, gen(6)).double() - nll  # bound minus true NLL, per example
+    se = float(gap.std()) / math.sqrt(n)
+    entropy = 0.5 * 2 * math.log(2 * math.pi * math.e * s**2)
+    expected_gap = expected_bound(m, s, sigma2) - entropy
+    assert abs(float(gap.mean()) - expected_gap) < 4 * se
+    if sigma2 == "beta":  # sigma_t^2 = beta_t is near-optimal here: a tight bound
+        assert 0 <= expected_gap < 0.01 and float(gap.mean()) > -4 * se
+    else:  # beta~ under-estimates the reverse variance for spread-out data: a looser bound
+        assert expected_gap > 0.5 and float(gap.mean()) > 0.5
+
+
+# ------------------------------------------------------------------ sampler mechanics
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_nfe_is_the_number_of_network_calls(sampler):
+    method, net = optimal_ddpm()
+    for nfe in (1, 7, 50):
+        net.calls = 0
+        x = method.sample(8, sampler, nfe, gen())
+        assert net.calls == nfe and x.shape == (8, 2) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_sampling_is_deterministic_given_the_seed(sampler):
+    method, _ = optimal_ddpm()
+    a, b, c = (method.sample(64, sampler, 20, gen(seed)) for seed in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_ddim_uses_only_the_initial_noise():
+    method, _ = optimal_ddpm()
+    g = gen(9)
+    method.sample(32, "ddim", 20, g)
+    after_one_draw = gen(9)
+    torch.randn(32, 2, generator=after_one_draw)
+    assert torch.equal(g.get_state(), after_one_draw.get_state())
+
+
+def test_images_are_clipped_to_the_data_range():
+    spec = Digits().spec()
+    method = DDPM(spec, model_size="tiny", ema_decay=0)
+    nn.init.normal_(method.net.out.weight, std=1.0)  # a wild untrained network
+    for sampler in ("ancestral", "ddim"):
+        x = method.sample(4, sampler, 5, gen())
+        assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+
+
+def test_bad_input_fails_with_one_line_messages():
+    method, _ = optimal_ddpm()
+    for nfe in (0, T + 1, 2.5, True):
+        with pytest.raises(MethodError, match=r"nfe must be an integer in 1\.\.T=1000"):
+            method.sample(4, "ddim", nfe, gen())
+    with pytest.raises(MethodError, match="Did you mean 'ddim'"):
+        method.sample(4, "ddmi", 10, gen())
+    with pytest.raises(MethodError, match="expected inputs of shape"):
+        method.log_likelihood(torch.zeros(3, 5), gen())
+    with pytest.raises(ValueError, match="sigma2 must be one of"):
+        DDPM(TOY, sigma2="large")
+    with pytest.raises(ValueError, match="vlb_draws must be"):
+        DDPM(TOY, vlb_draws=0)
+    with pytest.raises(ValueError, match="T must be a positive integer"):
+        DDPM(TOY, T=0)
+    with pytest.raises(MethodError, match="does not support 'text'"):
+        DDPM(DataSpec(name="x", modality="text", shape=(8,), vocab_size=4))
+
+
+def test_ema_warm_up_and_parameter_count():
+    method = DDPM(TOY, model_size="tiny", ema_decay=0.9999)
+    assert method.num_parameters() == sum(p.numel() for p in method.net.parameters())
+    assert set(method.modules()) == {"net", "ema"}
+    w_net, w_ema = method.net.out.weight, method.ema.out.weight
+    for step in (0, 90, 10**6):
+        with torch.no_grad():
+            w_net.fill_(1.0)
+            w_ema.fill_(0.0)
+        method.on_step_end("denoise", step)
+        decay = min(0.9999, (1 + step) / (10 + step))
+        torch.testing.assert_close(w_ema, torch.full_like(w_ema, 1 - decay))
+    assert set(DDPM(TOY, model_size="tiny", ema_decay=0).modules()) == {"net"}
+
+
+def test_registered_through_the_entry_point():
+    from gmbench.plugins import Registries
+
+    reg = Registries()
+    assert reg.methods.get("ddpm") is DDPM
+    info = DDPM.describe()
+    assert info["paper"] == "2006.11239" and info["likelihood"] == "bound"
+    assert {s["name"]: s["deterministic"] for s in info["samplers"]} == {"ancestral": False, "ddim": True}
+
+
+# ------------------------------------------------------------------ it learns (smoke budget)
+
+
+def test_learns_8gaussians_at_smoke_budget():
+    ds = EightGaussians()
+    train_x, test_x = ds.split("train").x, ds.split("test").x[:2000]
+    torch.manual_seed(0)
+    method = DDPM(ds.spec(), model_size=SMOKE.model_size)
+    (report,) = train(method, train_x, SMOKE, "toy2d", gen(0))
+    assert report.flops <= SMOKE.flops_for("toy2d") and report.steps > 100
+    # trivial baseline: the Gaussian with the data's mean and covariance
+    fit = torch.distributions.MultivariateNormal(train_x.mean(0), torch.cov(train_x.T))
+    baseline_swd = sliced_wasserstein(fit.sample((2000,)), test_x)
+    swd = sliced_wasserstein(method.sample(2000, "ancestral", 20, gen(1)), test_x)
+    assert swd < 0.5 * baseline_swd, (swd, baseline_swd)
+    # its bound on the test NLL beats the fitted Gaussian's exact NLL
+    method.vlb_draws = 50
+    bound_nll = float(-method.log_likelihood(test_x[:500], gen(2)).mean())
+    assert bound_nll < float(-fit.log_prob(test_x[:500]).mean()) - 0.3, bound_nll
+
+
+def test_digits_smoke_run_gives_finite_samples_and_bits_per_dim():
+    ds = Digits()
+    budget = dataclasses.replace(SMOKE, train_flops={"image": SMOKE.flops_for("image") / 2})  # half: test time
+    metric = HeldOutLikelihood()
+    metric.max_examples = 64
+    ctx = EvalContext(dataset=ds, n_samples=16, seed=0)
+    torch.manual_seed(0)
+    method = DDPM(ds.spec(), model_size=budget.model_size, vlb_draws=20)
+    untrained_bpd = metric.compute(ctx, method=method)["test_bpd"]
+    (report,) = train(method, ds.split("train").x, budget, "image", gen(0))
+    assert report.steps >= 10
+    for sampler in ("ancestral", "ddim"):
+        x = method.sample(16, sampler, 10, gen(1))
+        assert x.shape == (16, 1, 8, 8) and torch.isfinite(x).all() and x.abs().max() <= 1
+    bpd = metric.compute(ctx, method=method)["test_bpd"]
+    assert math.isfinite(bpd) and bpd < untrained_bpd - 1, (bpd, untrained_bpd)
+
+
+# ------------------------------------------------------------------ the conformance kit
+
+
+class TestDDPMConformance(MethodConformance):
+    method = DDPM
+
+
+class TestDDPMConformanceImages(MethodConformance):
+    method = DDPM
+    dataset = "digits"
+    hparams = {"vlb_draws": 5}
