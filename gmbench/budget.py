@@ -91,7 +91,7 @@ SMALL = Budget(
     model_size="small",
     eval_samples={"toy2d": 2000, "image": 1000, "text": 256},
     nfe_grid=(10, 20, 50, 100),
-    eval_timeout_s=300,
+    eval_timeout_s=900,
     description="default of `gmbench run`: the whole suite in minutes on a 2-core CPU",
 )
 STANDARD = Budget(

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import torch
 
-from gmbench.budget import Budget, BudgetExceeded
+from gmbench.budget import Budget
 from gmbench.data.base import Dataset
 from gmbench.method import Method
 from gmbench.metrics.base import EvalContext, Metric, MetricSkipped, check_samples
@@ -48,11 +48,13 @@ def _sync(device: torch.device) -> None:
 
 
 def sampler_grid(method: Method, budget: Budget) -> list[tuple[str, int]]:
+    """(sampler, NFE) settings to evaluate, cheapest first across samplers, so an
+    evaluation cut short by its cap still compares every sampler at low NFE."""
     grid = []
-    for s in method.samplers:
+    for order, s in enumerate(method.samplers):
         nfes = budget.nfe_grid if s.adjustable_nfe else (s.default_nfe,)
-        grid += [(s.name, int(nfe)) for nfe in nfes]
-    return grid
+        grid += [(int(nfe), order, s.name) for nfe in nfes]
+    return [(name, nfe) for nfe, _, name in sorted(grid)]
 
 
 def sampling_precision(method: Method) -> str:
@@ -129,7 +131,11 @@ def evaluate(
     sample_metrics = [m for m in metrics if m.kind == "samples"]
     for i, (sampler, nfe) in enumerate(sampler_grid(method, budget)):
         if time.monotonic() > deadline:
-            raise BudgetExceeded(f"evaluation cap of {budget.eval_timeout_s:g}s reached at sampler {sampler!r}, NFE {nfe}")
+            # Keep what was measured; the settings not reached are recorded as such
+            # (a run none of whose settings was reached fails in the runner).
+            entries.append({"name": "*", "sampler": sampler, "nfe": nfe, "value": None,
+                            "error": f"not evaluated: evaluation cap of {budget.eval_timeout_s:g}s reached"})
+            continue
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 101 * i + 17)
         try:
             cost = _timed_sampling(method, sampler, nfe, n, g, seed * 1_000_003 + 101 * i + 53)

@@ -66,3 +66,20 @@ def test_run_smoke_end_to_end_and_resume(tmp_path):
     assert "ranked by swd" in res.output
     again = CliRunner().invoke(main, ["run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke", "--out", str(out), "--resume"])
     assert "already done (resume)" in again.output
+
+
+def test_set_parses_method_hyperparameters():
+    import click
+    import pytest
+
+    from gmbench.cli.run import _apply_settings, _parse_settings
+    from gmbench.records import RunSpec
+
+    got = _parse_settings(["vae.iw_samples=64", "vae.decoder_std=shared", "ddpm.sigma2=beta_tilde"], {"vae", "ddpm"})
+    assert got == {"vae": {"iw_samples": 64, "decoder_std": "shared"}, "ddpm": {"sigma2": "beta_tilde"}}
+    (spec,) = _apply_settings([RunSpec("vae", "digits", "smoke")], got)
+    assert dict(spec.hparams) == {"iw_samples": 64, "decoder_std": "shared"}
+    assert spec.spec_hash != RunSpec("vae", "digits", "smoke").spec_hash  # a setting is a different run
+    for bad in ("vae.iw_samples", "iw_samples=3", "gan.lr=1"):
+        with pytest.raises(click.BadParameter):
+            _parse_settings([bad], {"vae"})

@@ -6,7 +6,9 @@ data and a denoiser that outputs the true unigram ``p`` the NELBO *equals*
 ``-log p(x)`` — exactly in expectation over masks (enumerated), and within Monte Carlo
 error for the estimator — while any other factorised denoiser ``q`` pays exactly
 ``L * KL(p || q)`` more; the ancestral sampler with that denoiser draws tokens with
-frequencies ``p``.
+frequencies ``p`` and its masks retrace ``1 - alpha_t``. For a first-order Markov source
+the exact denoiser (forward-backward) makes the NELBO tight too, and the sampler
+reproduces the source at many steps and loosens at few.
 """
 
 from __future__ import annotations
@@ -62,6 +64,65 @@ class UnigramNet(nn.Module):
     def forward(self, z):
         self.calls += 1
         return self.logits.expand(*z.shape, -1)
+
+
+# A first-order Markov source over 4 tokens with rare transitions (probability 0.005),
+# so that a sampler which draws dependent tokens independently produces unlikely text.
+# (Not zero: the exact denoiser would be undefined after an impossible draw.)
+RARE = 0.005
+T = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)
+T = torch.where(T > 0, T, RARE / (1 - RARE) * T.sum(1, keepdim=True))  # rare moves
+T = T / T.sum(1, keepdim=True)
+_EIG = torch.linalg.eig(T.T)
+PI = _EIG.eigenvectors[:, _EIG.eigenvalues.real.argmax()].real.abs()
+PI = PI / PI.sum()  # stationary law: the chain starts in it
+
+
+def markov_log_prob(x: torch.Tensor) -> torch.Tensor:
+    return PI.log()[x[:, 0]] + T.log()[x[:, :-1], x[:, 1:]].sum(1)
+
+
+def markov_sample(n: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = gen(seed)
+    x = torch.empty(n, length, dtype=torch.long)
+    x[:, 0] = torch.multinomial(PI, n, replacement=True, generator=g)
+    for i in range(1, length):
+        x[:, i] = torch.multinomial(T[x[:, i - 1]], 1, generator=g).squeeze(1)
+    return x
+
+
+class MarkovPosterior(nn.Module):
+    """The exact denoiser for the Markov source: ``p(x_l | unmasked tokens)`` by
+    forward-backward, masked positions being unobserved. Row by row (no batch-size
+    dependent arithmetic), float64; counts calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, z):
+        self.calls += 1
+        n, length = z.shape
+        k = len(PI)
+        seen = nn.functional.one_hot(z.clamp(max=k - 1), k).double()
+        emit = torch.where((z == k)[..., None], torch.ones_like(seen), seen)  # P(observation | token)
+        fwd = [PI * emit[:, 0]]
+        for i in range(1, length):
+            f = (fwd[-1][:, :, None] * T).sum(1) * emit[:, i]
+            fwd.append(f / f.sum(1, keepdim=True))
+        bwd = [torch.ones(n, k, dtype=torch.float64)]
+        for i in range(length - 1, 0, -1):
+            b = (T * (emit[:, i] * bwd[0])[:, None, :]).sum(2)
+            bwd.insert(0, b / b.sum(1, keepdim=True))
+        post = torch.stack(fwd, 1) * torch.stack(bwd, 1)
+        return (post / post.sum(-1, keepdim=True)).log()
+
+
+def markov_mdlm(length: int, **kw) -> MDLM:
+    torch.manual_seed(0)
+    method = MDLM(text_spec(length, len(PI)), model_size="tiny", **kw)
+    method.net = MarkovPosterior()
+    return method
 
 
 def unigram_mdlm(length: int, q: torch.Tensor = P, **kw) -> MDLM:
@@ -209,6 +270,17 @@ def test_nelbo_estimate_equals_log_likelihood_and_bounds_it(schedule):
     assert expected_gap == pytest.approx(length * kl, rel=0.1)
 
 
+def test_nelbo_is_tight_for_the_exact_denoiser_of_a_markov_source():
+    # With exact conditionals the NELBO is an average over unmasking orders of exact
+    # chain-rule decompositions, so it equals -log p(x) (dependent tokens this time).
+    n, length = 2000, 8
+    x = markov_sample(n, length, seed=1)
+    exact = -markov_log_prob(x)
+    err = -markov_mdlm(length, likelihood_samples=8).log_likelihood(x, gen(2)).double() - exact
+    se = float(err.std() / math.sqrt(n))
+    assert abs(float(err.mean())) < 4 * se and se < 0.01 * float(exact.mean()), (float(err.mean()), se)
+
+
 def test_training_loss_is_per_token_nelbo():
     length = 16
     method = unigram_mdlm(length)
@@ -256,12 +328,36 @@ def test_reverse_steps_retrace_the_forward_marginals(schedule):
     assert ((torch.tensor(seen, dtype=torch.float64) - expected).abs() <= 5 * se + 1e-12).all(), (seen, expected)
 
 
+def test_exact_denoiser_samples_the_source_and_fewer_steps_loosen_samples():
+    # Many steps unmask about one token at a time, i.e. exact chain-rule sampling in a
+    # random order; one step draws every token independently from its marginal, which
+    # takes the rare transitions often (the paper's "fewer steps loosen samples").
+    n, length = 2000, 8
+    method = markov_mdlm(length)
+    rare, nll = {}, {}
+    for nfe in (1, 4, 256):
+        out = method.sample(n, "ancestral", nfe, gen(nfe))
+        rare[nfe] = float((T[out[:, :-1], out[:, 1:]] < 0.01).double().mean())
+        nll[nfe] = -markov_log_prob(out)
+    assert rare[1] > rare[4] > rare[256] and rare[1] > 0.2
+    assert float(nll[1].mean()) > float(nll[4].mean()) > float(nll[256].mean())
+    reference = markov_sample(n, length, seed=3)
+    real_nll = -markov_log_prob(reference)
+    se = math.sqrt(float(nll[256].var() + real_nll.var()) / n)
+    assert float(nll[256].mean() - real_nll.mean()) == pytest.approx(0.0, abs=4 * se)
+    first = torch.bincount(out[:, 0], minlength=len(PI)).double() / n
+    assert ((first - PI).abs() < 5 * (PI * (1 - PI) / n).sqrt()).all()
+    assert rare[256] == pytest.approx(float((T[reference[:, :-1], reference[:, 1:]] < 0.01).double().mean()), abs=0.01)
+
+
 def test_nfe_sets_network_calls_and_caching_is_exact():
     length = 16
     counts = {}
     for cache in (False, True):
         for nfe in (2, 8, 64):
-            method = unigram_mdlm(length, cache=cache)
+            # the exact Markov denoiser depends on each row's context: a cache that
+            # mixed up rows or reused a stale prediction would change the samples
+            method = markov_mdlm(length, cache=cache)
             samples = method.sample(50, "ancestral", nfe, gen(6))
             counts[cache, nfe] = (method.net.calls, method.last_sampling["evals_per_sample"], samples)
     for nfe in (2, 8, 64):
@@ -272,6 +368,21 @@ def test_nfe_sets_network_calls_and_caching_is_exact():
         assert cached_calls <= nfe and cached_evals <= min(nfe, length + 1)
     assert counts[True, 2][0] < counts[True, 8][0] < counts[True, 64][0]
     assert counts[True, 64][1] < 64 / 2  # at many steps most steps change nothing
+
+
+def test_time_conditioned_network_sees_t_and_is_never_cached():
+    torch.manual_seed(0)
+    method = MDLM(text_spec(12), model_size="tiny", time_conditioning=True)
+    z = torch.full((2, 12), V)
+    with torch.no_grad():
+        early, late = method._log_probs(z, torch.full((2,), 0.1)), method._log_probs(z, torch.full((2,), 0.9))
+    assert not torch.allclose(early, late)  # the same input at two times: t reaches the network
+    calls = []
+    forward = method.net.forward
+    method.net.forward = lambda z, t: (calls.append(float(t[0])), forward(z, t))[1]
+    method.sample(4, "ancestral", 6, gen())
+    assert calls == pytest.approx([1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])  # every step, at its own time
+    assert torch.isfinite(method.training_step("nelbo", iid_tokens(8, 12), 0)["adam"])
 
 
 def test_leftover_masks_are_filled_from_the_denoiser():

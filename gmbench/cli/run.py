@@ -32,10 +32,12 @@ from tabulate import tabulate
 @click.option("--deterministic", is_flag=True, help="Deterministic torch kernels (see docs/scaling.md).")
 @click.option("--load", "loads", multiple=True, metavar="METHOD=PATH",
               help="Evaluate METHOD from a safetensors checkpoint instead of training it (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Set a method hyper-parameter, e.g. vae.iw_samples=64 (repeatable; JSON values, else strings).")
 @click.option("--save-checkpoints", "checkpoint_dir", default=None, type=click.Path(file_okay=False),
               help="Save each trained run's weights here (safetensors), for --load.")
 def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, executor, jobs, ray_address, cpus_per_run,
-        gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, checkpoint_dir) -> None:
+        gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, settings, checkpoint_dir) -> None:
     """Run every selected method on every dataset it supports, then rank them."""
     from gmbench.execution import ExecutionError, RunOptions, make_executor
     from gmbench.plugins import Registries
@@ -48,6 +50,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, execu
     if not matrix.specs:
         raise click.ClickException("nothing to run: no selected method supports the selected datasets")
     matrix.specs = _configure(matrix.specs, precision, _parse_loads(loads, {s.method for s in matrix.specs}))
+    matrix.specs = _apply_settings(matrix.specs, _parse_settings(settings, {s.method for s in matrix.specs}))
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
                                    "of it); leave it out: GPU out-of-memory errors become failed records anyway")
@@ -108,6 +111,36 @@ def _configure(specs, precision: str, loads: dict[str, str]):
     from dataclasses import replace
 
     return [replace(s, precision=precision, load=loads.get(s.method)) for s in specs]
+
+
+def _parse_settings(settings, methods: set[str]) -> dict[str, dict]:
+    """``METHOD.KEY=VALUE`` strings -> {method: {key: value}}; values parsed as JSON where they parse."""
+    import json
+
+    out: dict[str, dict] = {}
+    for item in settings:
+        target, eq, raw = item.partition("=")
+        method, dot, key = target.partition(".")
+        if not (eq and dot and method and key):
+            raise click.BadParameter(f"{item!r}: use METHOD.KEY=VALUE, e.g. vae.iw_samples=64", param_hint="--set")
+        if method not in methods:
+            raise click.BadParameter(f"{item!r}: method {method!r} is not among the runs ({', '.join(sorted(methods))})",
+                                     param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def _apply_settings(specs, settings: dict[str, dict]):
+    from dataclasses import replace
+
+    return [
+        replace(s, hparams=tuple(sorted({**dict(s.hparams), **settings[s.method]}.items()))) if s.method in settings else s
+        for s in specs
+    ]
 
 
 def _parse_seeds(text: str) -> list[int]:
