@@ -30,6 +30,7 @@ from collections.abc import Mapping
 import torch
 
 from gmbench.budget import Budget
+from gmbench.records import SCHEMA_VERSION
 from gmbench.data.base import Dataset
 from gmbench.method import Method
 from gmbench.metrics.base import EvalContext, Metric, MetricSkipped, check_samples
@@ -204,3 +205,14 @@ def _run_metric(metric: Metric, ctx: EvalContext, sampler, nfe, samples=None, me
             entry["label"] = method.likelihood
         out.append(entry)
     return out
+
+
+def protocol_fields(dataset, budget, metrics, ctx) -> dict:
+    """The fingerprint fields of an fp32 run on ``dataset`` at ``budget``: everything
+    that makes its metric values comparable (trained, loaded and external runs alike)."""
+    return {
+        **dataset.fingerprint_fields(),
+        **budget.fingerprint_fields(dataset.modality),
+        "metrics": metric_fingerprint_fields(metrics, ctx),
+        "schema": SCHEMA_VERSION,
+    }

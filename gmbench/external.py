@@ -15,26 +15,12 @@ import datetime as dt
 from pathlib import Path
 
 from gmbench.data import make_dataset
-from gmbench.evaluate import _run_metric, eval_context, metric_fingerprint_fields
+from gmbench.evaluate import _run_metric, eval_context, protocol_fields
 from gmbench.loading import LoadError, read_samples, samples_to_tensor, sha256_file
 from gmbench.plugins import Registries
 from gmbench.records import SCHEMA_VERSION, RunSpec, fingerprint, provenance, write_record
 
 EXTERNAL_SAMPLER = "external"
-
-
-def protocol_fields(dataset, budget, metrics, ctx) -> dict:
-    """The fingerprint fields of an fp32 run on ``dataset`` at ``budget``.
-
-    Must stay what ``runner._execute`` computes: tests/test_loading.py checks
-    that an external record and a trained run get the same fingerprint.
-    """
-    return {
-        **dataset.fingerprint_fields(),
-        **budget.fingerprint_fields(dataset.modality),
-        "metrics": metric_fingerprint_fields(metrics, ctx),
-        "schema": SCHEMA_VERSION,
-    }
 
 
 def score_external(

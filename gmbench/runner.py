@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import torch
 
 from gmbench.data import make_dataset
-from gmbench.evaluate import eval_context, evaluate, metric_fingerprint_fields, one_line
+from gmbench.evaluate import eval_context, evaluate, one_line, protocol_fields
 from gmbench.execution.precision import autocast, autocast_sampling
 from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
 from gmbench.method import validate_method_class
@@ -169,12 +169,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     record["modality"] = modality
     record["provenance"] = provenance(str(device), _dist_of(reg, spec.method))
     ctx = eval_context(dataset, budget, spec.seed, device, cache_dir, extractors=reg.feature_extractors)
-    fields = {
-        **dataset.fingerprint_fields(),
-        **budget.fingerprint_fields(modality),
-        "metrics": metric_fingerprint_fields(metrics, ctx),  # versions + each metric's protocol fields
-        "schema": SCHEMA_VERSION,
-    }
+    fields = protocol_fields(dataset, budget, metrics, ctx)
     if spec.precision != "fp32":  # fp32 fingerprints stay those of records written before precision existed
         fields["precision"] = spec.precision
     record["fingerprint_fields"] = fields

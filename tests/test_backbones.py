@@ -15,6 +15,7 @@ from gmbench.backbones import (
     sinusoidal_embedding,
     size_config,
 )
+from gmbench.backbones.transformer import apply_rotary, rotary_tables
 
 CPU_SIZES = ("tiny", "small")
 
@@ -214,8 +215,9 @@ def _perturb(x, pos, vocab):
     return y
 
 
-def test_causal_transformer_ignores_future_tokens():
-    net = Transformer(27, 16, size="tiny", causal=True).eval()
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_causal_transformer_ignores_future_tokens(positions):
+    net = Transformer(27, 16, size="tiny", causal=True, positions=positions).eval()
     x = torch.randint(0, 27, (2, 16))
     j = 9
     with torch.no_grad():
@@ -224,8 +226,9 @@ def test_causal_transformer_ignores_future_tokens():
     assert (a[:, j:] - b[:, j:]).abs().amax(dim=(0, 2)).min() > 1e-5
 
 
-def test_bidirectional_transformer_sees_future_tokens():
-    net = Transformer(27, 16, size="tiny", causal=False).eval()
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_bidirectional_transformer_sees_future_tokens(positions):
+    net = Transformer(27, 16, size="tiny", causal=False, positions=positions).eval()
     x = torch.randint(0, 27, (2, 16))
     with torch.no_grad():
         a, b = net(x), net(_perturb(x, 9, 27))
@@ -239,9 +242,10 @@ def _block_causal(length, block):
 
 
 @pytest.mark.parametrize("batched", [False, True])
-def test_custom_block_mask_is_honoured(batched):
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_custom_block_mask_is_honoured(batched, positions):
     length, block = 16, 4
-    net = Transformer(27, length, size="tiny", cond=True).eval()
+    net = Transformer(27, length, size="tiny", cond=True, positions=positions).eval()
     x = torch.randint(0, 27, (2, length))
     mask = _block_causal(length, block)
     if batched:
@@ -271,9 +275,10 @@ def test_per_example_masks_differ():
     assert torch.allclose(a[1, :-1], b[1, :-1], atol=1e-5)  # causal example does not
 
 
-def test_causal_combines_with_custom_mask():
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_causal_combines_with_custom_mask(positions):
     length = 8
-    net = Transformer(27, length, size="tiny", causal=True).eval()
+    net = Transformer(27, length, size="tiny", causal=True, positions=positions).eval()
     x = torch.randint(0, 27, (1, length))
     full = torch.ones(length, length, dtype=torch.bool)
     with torch.no_grad():
@@ -303,11 +308,12 @@ def test_transformer_conditioning_changes_output():
         Transformer(27, 16, size="tiny")(x, torch.zeros(2))
 
 
-def test_attention_flops_counted_on_cpu():
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_attention_flops_counted_on_cpu(positions):
     # torch's flop counter has no formula for the CPU SDPA kernel; the backbones add one
     from torch.utils.flop_counter import FlopCounterMode
 
-    net = Transformer(27, 16, size="tiny")
+    net = Transformer(27, 16, size="tiny", positions=positions)
     x = torch.randint(0, 27, (2, 16))
     with FlopCounterMode(display=False) as fm:
         net(x)
@@ -318,3 +324,99 @@ def test_attention_flops_counted_on_cpu():
     expected_attn = depth * 2 * (2 * 16 * 16 * (width // heads)) * heads * 2
     attn = sum(v for k, v in counts.items() if "scaled_dot_product" in k)
     assert attn == expected_attn, counts
+
+
+# ---------------------------------------------------------------- rotary positions
+
+
+def test_rotary_is_default_and_learned_available():
+    rot = Transformer(27, 16, size="tiny")
+    assert rot.positions == "rotary" and rot.pos is None
+    assert not any("rope" in k for k in rot.state_dict())  # tables are recomputed, not saved
+    learned = Transformer(27, 16, size="tiny", positions="learned")
+    assert learned.pos.shape == (16, size_config("transformer", "tiny")["width"])
+    assert count_parameters(learned) == count_parameters(rot) + learned.pos.numel()
+    with pytest.raises(ValueError, match="positions"):
+        Transformer(27, 16, size="tiny", positions="alibi")
+
+
+def test_rotary_tables_match_definition():
+    cos, sin = rotary_tables(12, 8)
+    assert cos.shape == sin.shape == (12, 4)
+    p = torch.arange(12, dtype=torch.float64)[:, None]
+    theta = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)  # base**(-2i/d)
+    torch.testing.assert_close(cos, (p * theta).cos().float())
+    torch.testing.assert_close(sin, (p * theta).sin().float())
+    with pytest.raises(ValueError, match="even"):
+        rotary_tables(4, 7)
+
+
+def test_rotary_matches_complex_rotation():
+    # independent reference: feature pair (2i, 2i+1) as a complex number times e^{i p theta_i}
+    length, dim = 10, 16
+    x = torch.randn(3, 2, length, dim, dtype=torch.float64)
+    cos, sin = rotary_tables(length, dim)
+    got = apply_rotary(x, cos.double(), sin.double())
+    theta = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    phase = torch.polar(torch.ones(length, dim // 2, dtype=torch.float64),
+                        torch.arange(length, dtype=torch.float64)[:, None] * theta)
+    ref = torch.view_as_real(torch.view_as_complex(x.reshape(3, 2, length, dim // 2, 2)) * phase).flatten(-2)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(got[..., 0, :], x[..., 0, :])  # position 0 is not rotated
+    assert (got[..., 1:, :] - x[..., 1:, :]).abs().max() > 1e-3
+
+
+def test_rotary_preserves_norms():
+    x = torch.randn(2, 4, 64, 16)
+    cos, sin = rotary_tables(64, 16)
+    y = apply_rotary(x, cos, sin)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-5, atol=1e-5)
+    # and each feature pair keeps its own length (it is rotated, not mixed with other pairs)
+    torch.testing.assert_close(y.view(2, 4, 64, 8, 2).norm(dim=-1), x.view(2, 4, 64, 8, 2).norm(dim=-1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_score_depends_only_on_relative_offset():
+    dim, length = 16, 64
+    cos, sin = rotary_tables(length, dim)
+    q, k = torch.randn(dim, dtype=torch.float64), torch.randn(dim, dtype=torch.float64)
+    cos, sin = cos.double(), sin.double()
+
+    def score(i, j):
+        qi = apply_rotary(q.expand(length, dim), cos, sin)[i]
+        kj = apply_rotary(k.expand(length, dim), cos, sin)[j]
+        return float(qi @ kj)
+
+    for i, j in [(0, 3), (5, 2), (10, 10), (7, 30)]:
+        for shift in (1, 4, 20):
+            assert score(i + shift, j + shift) == pytest.approx(score(i, j), abs=1e-5)  # float32 tables
+    # ... and it does depend on the offset (a no-op or absolute scheme would fail one of these)
+    assert abs(score(0, 1) - score(0, 5)) > 1e-3
+    assert abs(score(3, 3) - float(q @ k)) < 1e-5
+
+
+def test_rotary_transformer_is_shift_invariant_in_position():
+    # Scores depend only on offsets, so rotating every position by the same extra amount
+    # (tables for positions s..s+L-1 instead of 0..L-1) leaves the whole network unchanged.
+    length, shift = 16, 7
+    net = Transformer(27, length, size="tiny", cond=True).eval()
+    x, t = torch.randint(0, 27, (2, length)), torch.rand(2)
+    with torch.no_grad():
+        a = net(x, t)
+        cos, sin = rotary_tables(length + shift, net.rope_cos.shape[-1] * 2)
+        net.rope_cos, net.rope_sin = cos[shift:], sin[shift:]
+        b = net(x, t)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_rotary_transformer_uses_positions():
+    # Without any position information a bidirectional model's output at position 0 would be
+    # invariant to swapping two other tokens; with RoPE it must not be.
+    net = Transformer(27, 16, size="tiny").eval()
+    x = torch.randint(0, 27, (2, 16))
+    x[:, 3], x[:, 11] = 1, 2
+    y = x.clone()
+    y[:, 3], y[:, 11] = 2, 1
+    with torch.no_grad():
+        a, b = net(x), net(y)
+    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-5

@@ -1,11 +1,21 @@
 """Pre-LayerNorm transformer over token ids, for discrete diffusion and autoregressive
 language models.
 
-Architecture: token embedding + learned positional embedding, ``depth`` pre-LN blocks
+Architecture: token embedding, ``depth`` pre-LN blocks
 (Vaswani et al. 2017, arXiv:1706.03762, with LayerNorm before each sub-layer as in
 GPT-2 / Xiong et al. 2020, arXiv:2002.04745) of multi-head self-attention
 (``F.scaled_dot_product_attention``) and a GELU feed-forward, a final LayerNorm and a
 linear head.
+
+Positions (``positions=``): ``"rotary"`` (default) applies rotary position embeddings
+(RoPE, Su et al. 2021, arXiv:2104.09864) to the queries and keys of every attention layer:
+within each head, the pair of features ``(2i, 2i+1)`` at position ``p`` is rotated by the
+angle ``p * base**(-2i / head_dim)`` with ``base = 10000``, so a query-key score depends on
+the two positions only through their offset. This is what MDLM's DiT backbone uses; a
+bidirectional masked model with learned absolute positions first has to learn the position
+table before it can use neighbouring tokens, which at small budgets left MDLM on the
+unigram plateau. ``"learned"`` keeps the previous scheme: a learned absolute positional
+embedding (``seq_len`` x ``width``, N(0, 0.02) init) added to the token embedding.
 
 Time conditioning (``cond=True``, used by MDLM/SEDD/D3PM): adaptive LayerNorm as in DiT
 (Peebles & Xie 2022, arXiv:2212.09748) - a sinusoidal embedding of ``t`` goes through an
@@ -34,6 +44,26 @@ from .sizes import size_config
 
 register_cpu_attention_flops()
 
+POSITIONS: tuple[str, ...] = ("rotary", "learned")
+
+
+def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables of shape ``(length, head_dim // 2)`` for RoPE: entry
+    ``[p, i]`` is ``cos/sin(p * base**(-2i / head_dim))``."""
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head dimension, got {head_dim}")
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each feature pair ``(2i, 2i+1)`` of ``x`` (``(..., L, head_dim)``) at position
+    ``p`` by the angle whose cosine/sine are ``cos[p, i]`` / ``sin[p, i]`` (``(L, head_dim//2)``)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection.
@@ -53,9 +83,16 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``x`` of shape ``(N, L, width)``; ``rope`` = ``(cos, sin)`` tables of shape
+        ``(L, head_dim // 2)`` to rotate queries and keys, or None for no rotation."""
         n, length, width = x.shape
         q, k, v = self.qkv(x).view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -84,12 +121,15 @@ class Block(nn.Module):
         )
         self.ada = nn.Linear(cond_dim, 6 * width) if cond_dim is not None else None
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         if self.ada is None:
-            h = h + self.attn(self.norm1(h), mask)
+            h = h + self.attn(self.norm1(h), mask, rope)
             return h + self.mlp(self.norm2(h))
         s1, b1, g1, s2, b2, g2 = self.ada(c)[:, None, :].chunk(6, dim=-1)
-        h = h + (1 + g1) * self.attn(self.norm1(h) * (1 + s1) + b1, mask)
+        h = h + (1 + g1) * self.attn(self.norm1(h) * (1 + s1) + b1, mask, rope)
         return h + (1 + g2) * self.mlp(self.norm2(h) * (1 + s2) + b2)
 
 
@@ -98,8 +138,8 @@ class Transformer(nn.Module):
 
     Args:
         vocab_size: number of token ids accepted (include any [MASK] / absorbing token).
-        seq_len: maximum sequence length (size of the learned positional table); inputs
-            may be shorter.
+        seq_len: maximum sequence length (size of the positional tables); inputs may be
+            shorter.
         out_dim: output features per position; default ``vocab_size``.
         size: preset name (``tiny``/``small``/``base``/``large``); see
             :func:`gmbench.backbones.sizes.size_config` (``kind="transformer"``).
@@ -108,6 +148,9 @@ class Transformer(nn.Module):
             conditioning every block by adaLN (2212.09748); if False, ``forward(x)``.
         time_scale: multiplier applied to ``t`` before the sinusoidal encoding; the default
             1000 suits ``t`` in [0, 1], use 1.0 for integer step indices.
+        positions: ``"rotary"`` (RoPE on queries/keys, base 10000; needs an even head
+            dimension) or ``"learned"`` (learned absolute embedding added to the input);
+            see the module docstring.
 
     Attributes:
         out: the final ``nn.Linear`` head.
@@ -116,17 +159,29 @@ class Transformer(nn.Module):
     def __init__(
         self, vocab_size: int, seq_len: int, out_dim: int | None = None, size: str = "small",
         causal: bool = False, cond: bool = False, time_scale: float = 1000.0,
+        positions: str = "rotary",
     ) -> None:
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; expected one of {POSITIONS}")
         cfg = size_config("transformer", size)
         width, depth, heads = cfg["width"], cfg["depth"], cfg["heads"]
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.out_dim = vocab_size if out_dim is None else out_dim
-        self.size, self.causal, self.cond = size, causal, cond
+        self.size, self.causal, self.cond, self.positions = size, causal, cond, positions
 
         self.tok = nn.Embedding(vocab_size, width)
-        self.pos = nn.Parameter(torch.zeros(seq_len, width))
-        nn.init.normal_(self.pos, std=0.02)
+        if positions == "learned":
+            self.pos = nn.Parameter(torch.zeros(seq_len, width))
+            nn.init.normal_(self.pos, std=0.02)
+        else:
+            if width % heads:
+                raise ValueError(f"width {width} not divisible by heads {heads}")
+            self.pos = None
+            cos, sin = rotary_tables(seq_len, width // heads)
+            # Not saved in state_dict: recomputed from (seq_len, head_dim) at construction.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         nn.init.normal_(self.tok.weight, std=0.02)
         self.drop = nn.Dropout(cfg["dropout"])
         self.time_embed = TimeEmbedding(width, width, scale=time_scale) if cond else None
@@ -177,9 +232,15 @@ class Transformer(nn.Module):
         elif t is not None:
             raise TypeError("this Transformer was built with cond=False; call it as forward(x)")
         mask = self._mask(attn_mask, n, length, x.device)
-        h = self.drop(self.tok(x) + self.pos[:length])
+        h = self.tok(x)
+        rope = None
+        if self.pos is not None:
+            h = h + self.pos[:length]
+        else:
+            rope = (self.rope_cos[:length], self.rope_sin[:length])
+        h = self.drop(h)
         for block in self.blocks:
-            h = block(h, mask, c)
+            h = block(h, mask, c, rope)
         h = self.norm_out(h)
         if self.ada_out is not None:
             scale, shift = self.ada_out(c)[:, None, :].chunk(2, dim=-1)

@@ -22,7 +22,7 @@ value, and nothing fails. Samples it cannot score raise :class:`MetricError`.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
