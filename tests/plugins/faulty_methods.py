@@ -17,7 +17,8 @@ import torch
 
 from gmbench import hookimpl
 from gmbench.budget import Budget
-from tests.plugins.fake_methods import GaussianFit
+from tests.plugins.fake_methods import GaussianFit, NaNLoss, NaNSamples
+from tests.plugins.fake_methods import WrongShape as WrongShapeSamples
 
 FAULT_BUDGET = Budget(
     name="faults",
@@ -45,34 +46,12 @@ class RaisesInTraining(GaussianFit):
         return super().training_step(stage, batch, step)
 
 
-class NaNLoss(GaussianFit):
-    name = "nan-loss"
-
-    def training_step(self, stage, batch, step):
-        loss = super().training_step(stage, batch, step)["adam"]
-        return {"adam": loss * float("nan") if step >= 2 else loss}
-
-
 class InfLoss(GaussianFit):
     name = "inf-loss"
 
     def training_step(self, stage, batch, step):
         loss = super().training_step(stage, batch, step)["adam"]
         return {"adam": loss + float("inf") if step >= 2 else loss}
-
-
-class WrongShapeSamples(GaussianFit):
-    name = "wrong-shape"
-
-    def sample(self, n, sampler, nfe, generator):
-        return torch.zeros(n, 3)
-
-
-class NaNSamples(GaussianFit):
-    name = "nan-samples"
-
-    def sample(self, n, sampler, nfe, generator):
-        return torch.full((n, *self.data.shape), float("nan"))
 
 
 class HangsInStep(GaussianFit):
