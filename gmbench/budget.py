@@ -137,7 +137,7 @@ class StepFlopMeter:
     """
 
     exact_steps: int = 3
-    recheck_every: int = 200
+    recheck_every: int = 1000
     total: float = 0.0
     steps: int = 0
     counted_steps: int = 0

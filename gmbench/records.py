@@ -85,6 +85,7 @@ def write_record(out_dir: str | Path, spec: RunSpec, record: dict) -> Path:
     # ".part", not ".json": no glob for records ever matches a half-written file
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json.part", dir=out_dir)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from other users of a shared results folder
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
             f.flush()

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from gmbench.method import Method, OptimizerSpec, SamplerInfo, Stage
 from gmbench.metrics.base import EvalContext, Metric, MetricError, MetricOutput, MetricSkipped
 
-REFERENCE_VERSION = "1"
+REFERENCE_VERSION = "2"  # 2: rotary positions (the shared Transformer default)
 REFERENCE_SEED = 0
 
 
