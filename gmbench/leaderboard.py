@@ -255,10 +255,15 @@ def _rank(recs, v: pd.DataFrame, by_nfe: pd.DataFrame, direction: str) -> list[d
     return rows
 
 
+UNIFIED_LIKELIHOOD = ("test_nll", "test_bpd", "test_bpc")
+
+
 def _likelihood(v: pd.DataFrame) -> dict | None:
     if v.empty:
         return None
-    name = sorted(v.name.unique())[0]
+    # the unified likelihood (nats, bits/dim or bits/char) before derived numbers such as gaps
+    names = sorted(v.name.unique(), key=lambda n: (n not in UNIFIED_LIKELIHOOD, n))
+    name = names[0]
     g = v[v.name == name]
     mean, ci, n = t_interval(g["value"])
     return {"name": name, "mean": mean, "ci": ci, "n": n, "label": "/".join(sorted(set(g.label.astype(str))))}

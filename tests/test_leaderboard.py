@@ -292,3 +292,12 @@ def _registries(*plugins):
     from gmbench.plugins import Registries, make_plugin_manager
 
     return Registries(make_plugin_manager(extra_plugins=plugins, load_entrypoints=False))
+
+
+def test_likelihood_column_prefers_the_unified_likelihood_over_derived_numbers():
+    import pandas as pd
+
+    from gmbench.leaderboard import _likelihood
+
+    v = pd.DataFrame({"name": ["entropy_rate_gap_bpc", "test_bpc"], "value": [1.9, 2.6], "label": ["bound", "bound"]})
+    assert _likelihood(v)["name"] == "test_bpc" and _likelihood(v)["mean"] == 2.6
