@@ -16,9 +16,9 @@ from pathlib import Path
 
 from gmbench.data import make_dataset
 from gmbench.evaluate import _run_metric, eval_context, protocol_fields
-from gmbench.loading import LoadError, read_samples, samples_to_tensor, sha256_file
+from gmbench.loading import LoadError, read_samples, samples_to_tensor
 from gmbench.plugins import Registries
-from gmbench.records import SCHEMA_VERSION, RunSpec, fingerprint, provenance, write_record
+from gmbench.records import SCHEMA_VERSION, RunSpec, fingerprint, provenance, sha256_file, write_record
 
 EXTERNAL_SAMPLER = "external"
 

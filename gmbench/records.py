@@ -71,6 +71,15 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (checkpoints, extractor weights, sample files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def fingerprint(fields: dict) -> str:
     """Hash of everything that makes metric values comparable across records."""
     return _hash(fields)[:16]

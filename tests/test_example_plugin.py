@@ -11,10 +11,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from click.testing import CliRunner
 
 from gmbench import hookimpl
 from gmbench.budget import Budget
+from tests.installing import discovered_methods, install_to_target
 
 DIST = "gmbench-example-plugin"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / DIST
@@ -84,15 +82,6 @@ def test_packaging_declares_the_entry_point(tmp_path):
     """Build and install the example into a private folder; a fresh process must discover it."""
     source, target = tmp_path / "src", tmp_path / "site"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))  # builds write here
-    pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    if pip.returncode != 0:
-        pytest.skip(f"cannot build the example here (pip: {pip.stderr.strip().splitlines()[-1:]})")
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", "from gmbench.cli import main; main()", "plugins", "list", "--json"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    row = {r["name"]: r for r in json.loads(out.stdout)}["example-gmm"]
+    install_to_target(source, target)
+    row = discovered_methods(target)["example-gmm"]
     assert row["distribution"] == DIST

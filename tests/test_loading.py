@@ -18,7 +18,8 @@ from gmbench.cli import main
 from gmbench.data import make_dataset
 from gmbench.execution import RunOptions, make_executor
 from gmbench.external import score_external
-from gmbench.loading import LoadError, check_checkpoint_path, sha256_file
+from gmbench.loading import LoadError, check_checkpoint_path
+from gmbench.records import sha256_file
 from gmbench.plugins import Registries, make_plugin_manager
 from gmbench.records import RunSpec, load_records
 from tests.plugins.faulty_methods import FaultsPlugin, Healthy

@@ -12,7 +12,8 @@ import torch
 
 from gmbench.data.digits import Digits
 from gmbench.metrics.base import EvalContext, MetricError, MetricSkipped
-from gmbench.metrics.classifier import load_classifier, sha256_of, to_uint8
+from gmbench.metrics.classifier import load_classifier, to_uint8
+from gmbench.records import sha256_file
 from gmbench.metrics.extractors import PACKAGE_WEIGHTS, ClassifierExtractor, InceptionExtractor
 from gmbench.metrics.images import ImageFidelity
 
@@ -69,7 +70,7 @@ def test_committed_weights_match_their_sidecar_and_accuracy_is_reproduced(digits
     path = PACKAGE_WEIGHTS / "digits-cnn.safetensors"
     side = json.loads(path.with_suffix(".json").read_text())
     assert path.stat().st_size < 1_000_000
-    assert side["sha256"] == sha256_of(path) and side["dataset"] == "digits" and side["trained_on"] == "train"
+    assert side["sha256"] == sha256_file(path) and side["dataset"] == "digits" and side["trained_on"] == "train"
     net = load_classifier(path)
     test = digits.split("test")
     with torch.no_grad():
@@ -104,7 +105,7 @@ def test_extractors_come_through_the_gmbench_hook():
 def test_fingerprint_names_extractor_weights_hash_and_reference(ctx):
     fields = ImageFidelity().fingerprint_fields(ctx)
     assert fields["extractor"] == "gmbench-cnn"
-    assert fields["weights_sha256"] == sha256_of(PACKAGE_WEIGHTS / "digits-cnn.safetensors")
+    assert fields["weights_sha256"] == sha256_file(PACKAGE_WEIGHTS / "digits-cnn.safetensors")
     assert (fields["reference_split"], fields["reference_n"]) == ("train", 1438)
     assert fields["n_samples"] == 359 and fields["kid_subset_size"] == 359
     ctx.options["fid_reference_split"] = "test"
@@ -116,7 +117,7 @@ def test_reference_statistics_are_cached_under_a_key_of_what_they_depend_on(ctx,
     x = digits.split("test").x[:100]
     first = metric.score_samples(x, ctx)
     files = sorted(p.name for p in (tmp_path / "fidelity").iterdir())
-    sha = sha256_of(PACKAGE_WEIGHTS / "digits-cnn.safetensors")[:16]
+    sha = sha256_file(PACKAGE_WEIGHTS / "digits-cnn.safetensors")[:16]
     assert files and all(f.startswith(f"gmbench-digits-train-n1438-") and f"-w{sha}-gmbench-cnn-" in f for f in files)
     assert any("stat-fid" in f for f in files)
     again = metric.score_samples(x, EvalContext(dataset=digits, n_samples=100, seed=0, cache_dir=str(tmp_path)))

@@ -144,7 +144,6 @@ def test_kit_reports_a_missing_method_clearly(pytester):
 # it with `pip install --target` into a temporary folder and checks that a fresh process
 # finds it through its entry point.
 
-import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -154,6 +153,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from gmbench.cli import main  # noqa: E402
 from gmbench.template import render_text  # noqa: E402
+from tests.installing import discovered_methods, install_to_target
 
 
 def new_plugin(tmp_path, name="my-flow"):
@@ -186,15 +186,8 @@ def test_generated_package_passes_its_own_tests(tmp_path):
 def test_generated_package_is_discovered_once_installed(tmp_path):
     root = new_plugin(tmp_path / "pkg", "tiny-flow")
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(site), str(root)], capture_output=True, text=True, timeout=300)
-    if pip.returncode != 0:
-        pytest.skip(f"cannot build packages here: {pip.stderr.strip().splitlines()[-1:]}")
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    out = subprocess.run([sys.executable, "-c", "from gmbench.cli import main; main()", "plugins", "list", "--json"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    row = {r["name"]: r for r in json.loads(out.stdout)}["tiny-flow"]
+    install_to_target(root, site)
+    row = discovered_methods(site)["tiny-flow"]
     assert (row["distribution"], row["version"]) == ("gmbench-tiny-flow", "0.1.0")
 
 

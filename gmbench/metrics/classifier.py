@@ -21,12 +21,13 @@ sidecar next to them states the dataset, its test accuracy and the sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from gmbench.records import sha256_file
 
 ARCH = "gmbench-cnn-v1"
 
@@ -77,14 +78,6 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0
     return (x * 255.0).round().to(torch.uint8)
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_classifier(net: SmallConvClassifier, path: str | Path, sidecar: dict) -> dict:
     """Write weights (safetensors, config in metadata) and the JSON sidecar; return the sidecar."""
     from safetensors.torch import save_file
@@ -94,7 +87,7 @@ def save_classifier(net: SmallConvClassifier, path: str | Path, sidecar: dict) -
     meta = {"arch": ARCH, **{k: str(v) for k, v in net.config.items()}}
     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(path), metadata=meta)
     path.chmod(0o644)  # safetensors writes 0600; the weights are committed and shared
-    sidecar = {**sidecar, "arch": ARCH, "config": net.config, "weights": path.name, "sha256": sha256_of(path)}
+    sidecar = {**sidecar, "arch": ARCH, "config": net.config, "weights": path.name, "sha256": sha256_file(path)}
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return sidecar
 

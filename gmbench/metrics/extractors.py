@@ -41,7 +41,8 @@ from typing import ClassVar
 import torch
 
 from gmbench.metrics.base import EvalContext, MetricError, MetricSkipped
-from gmbench.metrics.classifier import sha256_of, to_uint8
+from gmbench.metrics.classifier import to_uint8
+from gmbench.records import sha256_file
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity 0.2+ release asset
@@ -49,7 +50,7 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity 0
 
 @lru_cache(maxsize=16)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_of(path)
+    return sha256_file(path)
 
 
 def weights_sha256(path: str | Path) -> str:
