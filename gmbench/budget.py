@@ -15,6 +15,7 @@ re-checking periodically, and counting every step if it ever varies.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from torch.utils.flop_counter import FlopCounterMode
@@ -49,6 +50,16 @@ class Budget:
 
     def flops_for(self, modality: str) -> float:
         return float(self.train_flops[modality])
+
+    @property
+    def train_cap_s(self) -> float:
+        """The training wall-clock cap in force: ``wall_clock_s`` times :func:`cap_scale`."""
+        return float(self.wall_clock_s) * cap_scale()
+
+    @property
+    def eval_cap_s(self) -> float:
+        """The evaluation wall-clock cap in force: ``eval_timeout_s`` times :func:`cap_scale`."""
+        return float(self.eval_timeout_s) * cap_scale()
 
     def fingerprint_fields(self, modality: str) -> dict:
         return {
@@ -116,6 +127,30 @@ LARGE = Budget(
     eval_timeout_s=4 * 3600,
     description="GPU days: paper-scale comparisons",
 )
+
+
+CAP_SCALE_ENV = "GMBENCH_CAP_SCALE"
+
+
+def cap_scale() -> float:
+    """Multiplier of every wall-clock cap (training, evaluation, hung-run kill), from
+    ``$GMBENCH_CAP_SCALE`` (default 1).
+
+    Caps are safety nets, never the fairness rule (FLOPs are): on a slow or busy
+    machine a user raises them instead of losing runs, and the test suite runs
+    with them far above any plausible run so that no verdict depends on machine
+    speed (tests of the caps themselves set it back to 1).
+    """
+    raw = os.environ.get(CAP_SCALE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"${CAP_SCALE_ENV}={raw!r}: give a positive number, e.g. 4") from None
+    if not value > 0:
+        raise ValueError(f"${CAP_SCALE_ENV}={raw!r}: give a positive number, e.g. 4")
+    return value
 
 
 @hookimpl

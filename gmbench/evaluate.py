@@ -124,7 +124,7 @@ def evaluate(
     precision = sampling_precision(method)
     entries: list[dict] = []
     costs: list[dict] = []
-    deadline = deadline if deadline is not None else time.monotonic() + budget.eval_timeout_s
+    deadline = deadline if deadline is not None else time.monotonic() + budget.eval_cap_s
 
     for metric in (m for m in metrics if m.kind == "model"):
         entries += _run_metric(metric, ctx, sampler=None, nfe=None, method=method)
@@ -135,7 +135,7 @@ def evaluate(
             # Keep what was measured; the settings not reached are recorded as such
             # (a run none of whose settings was reached fails in the runner).
             entries.append({"name": "*", "sampler": sampler, "nfe": nfe, "value": None,
-                            "error": f"not evaluated: evaluation cap of {budget.eval_timeout_s:g}s reached"})
+                            "error": f"not evaluated: evaluation cap of {budget.eval_cap_s:g}s reached"})
             continue
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 101 * i + 17)
         try:

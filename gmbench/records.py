@@ -31,6 +31,9 @@ class RecordError(ValueError):
 class RunSpec:
     """Everything that defines one run.
 
+    ``eval_options`` are evaluation settings a user chose (``--fid-reference``...):
+    they reach the metrics' :class:`~gmbench.metrics.base.EvalContext` options and,
+    through the metrics' fingerprint fields, the record's fingerprint.
     ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast in training forward
     passes and sampling). ``load`` is a file evaluated instead of training: a
     safetensors checkpoint (``gmbench run --load``) or a samples file
@@ -46,15 +49,19 @@ class RunSpec:
     hparams: tuple = field(default_factory=tuple)  # sorted (key, value) pairs
     precision: str = "fp32"
     load: str | None = None
+    eval_options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs, e.g. fid_reference_split
 
     def key(self) -> dict:
         d = asdict(self)
         d["hparams"] = dict(self.hparams)
+        d["eval_options"] = dict(self.eval_options)
         d.pop("device")  # the device does not change what is being measured
         if d["precision"] == "fp32":
             d.pop("precision")
         if d["load"] is None:
             d.pop("load")
+        if not d["eval_options"]:
+            d.pop("eval_options")
         return d
 
     @property

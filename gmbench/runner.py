@@ -168,7 +168,8 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     record["likelihood"] = cls.likelihood
     record["modality"] = modality
     record["provenance"] = provenance(str(device), _dist_of(reg, spec.method))
-    ctx = eval_context(dataset, budget, spec.seed, device, cache_dir, extractors=reg.feature_extractors)
+    ctx = eval_context(dataset, budget, spec.seed, device, cache_dir, extractors=reg.feature_extractors,
+                       options=dict(spec.eval_options))
     fields = protocol_fields(dataset, budget, metrics, ctx)
     if spec.precision != "fp32":  # fp32 fingerprints stay those of records written before precision existed
         fields["precision"] = spec.precision

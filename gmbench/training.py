@@ -119,7 +119,7 @@ def train(
         raise MethodError(f"method {method.name!r}: stage budget shares must sum to 1 (got {shares})")
     total_allowed = budget.flops_for(modality)
     batch_size = budget.batch_size[modality]
-    deadline = deadline if deadline is not None else time.monotonic() + budget.wall_clock_s
+    deadline = deadline if deadline is not None else time.monotonic() + budget.train_cap_s
     data = train_x.to(method.device)
     reports = []
     for stage in stages:
@@ -139,7 +139,7 @@ def train(
                 break
             if time.monotonic() > deadline:
                 raise BudgetExceeded(
-                    f"wall-clock cap of {budget.wall_clock_s:g}s reached in stage {stage.name!r} after {meter.steps} steps"
+                    f"wall-clock cap of {budget.train_cap_s:g}s reached in stage {stage.name!r} after {meter.steps} steps"
                 )
             # drawn on the CPU generator so the data order is the same on every device; pinned
             # and non-blocking on a GPU so the copy does not synchronise the stream every step

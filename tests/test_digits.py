@@ -9,9 +9,12 @@ from gmbench.data.digits import Digits
 
 def test_digits_shape_range_levels_and_split():
     ds = Digits()
-    train, test = ds.split("train"), ds.split("test")
-    assert train.x.shape[1:] == (1, 8, 8) and len(train) + len(test) == 1797
-    assert len(test) == 359
+    train, val, test = ds.split("train"), ds.split("val"), ds.split("test")
+    assert train.x.shape[1:] == (1, 8, 8) and len(train) + len(val) + len(test) == 1797
+    assert len(test) == 359 and len(val) == round(0.15 * (1797 - 359))
+    # validation images are held out of training (selection must not see training data)
+    seen = {tuple(r.tolist()) for r in train.x.flatten(1)}
+    assert sum(tuple(r.tolist()) in seen for r in val.x.flatten(1)) < 5
     assert train.x.min() == -1 and train.x.max() == 1
     levels = torch.unique(torch.cat([train.x, test.x]))
     assert len(levels) == 17  # 0..16 counts scaled to [-1, 1]

@@ -3,7 +3,15 @@
 A dataset is a class registered through the ``gmbench_register_datasets`` hook.
 Its splits are deterministic: they depend on the dataset's own ``data_seed``
 (fixed, default 0), never on the run's seed, so every method and every seed of
-a comparison sees the very same train and test examples.
+a comparison sees the very same train, validation and test examples.
+
+Three splits: ``train`` (what methods learn from), ``val`` (what the suite
+*chooses* on: a method's sampler and NFE are picked by their validation
+metric) and ``test`` (what boards report at the chosen setting). A dataset
+that can draw fresh examples (toy2d, the synthetic language) overrides
+:meth:`Dataset._load_val` with a fresh seeded draw; otherwise the validation
+split is carved from the raw train split: a seeded ``val_fraction`` of it,
+never seen in training.
 """
 
 from __future__ import annotations
@@ -67,6 +75,9 @@ class Split:
         return int(self.x.shape[0])
 
 
+SPLITS = ("train", "val", "test")
+
+
 class Dataset(ABC):
     """Base class of every dataset.
 
@@ -82,6 +93,8 @@ class Dataset(ABC):
     primary_metric: ClassVar[str] = ""
     #: True for datasets that ship with gmbench and need no download
     embedded: ClassVar[bool] = True
+    #: share of the raw train split held out as ``val`` when ``_load_val`` draws nothing fresh
+    val_fraction: ClassVar[float] = 0.15
 
     def __init__(self, data_seed: int = 0):
         self.data_seed = data_seed
@@ -93,13 +106,24 @@ class Dataset(ABC):
 
     @abstractmethod
     def _load(self, split: str) -> Split:
-        """Produce split ``"train"`` or ``"test"`` deterministically."""
+        """Produce split ``"train"`` or ``"test"`` deterministically (``val`` comes from
+        :meth:`_load_val` or is carved from what ``_load("train")`` returns)."""
+
+    def _load_val(self) -> Split | None:
+        """A fresh, seeded validation draw, or None to carve ``val`` from the train split."""
+        return None
 
     def split(self, split: str) -> Split:
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
         if split not in self._cache:
-            self._cache[split] = self._load(split)
+            if split == "test":
+                self._cache["test"] = self._load("test")
+            else:
+                train, val = self._load("train"), self._load_val()
+                if val is None:
+                    train, val = carve(train, self.val_fraction, self.data_seed)
+                self._cache["train"], self._cache["val"] = train, val
         return self._cache[split]
 
     # Optional exact knowledge of the data distribution -----------------------
@@ -123,5 +147,19 @@ class Dataset(ABC):
             "data_seed": self.data_seed,
             "shape": list(spec.shape),
             "n_train": len(self.split("train")),
+            "n_val": len(self.split("val")),
             "n_test": len(self.split("test")),
         }
+
+
+def carve(train: Split, fraction: float, data_seed: int) -> tuple[Split, Split]:
+    """(train, val): a seeded ``fraction`` of ``train`` (at least one example) held out."""
+    n = len(train)
+    n_val = min(n - 1, max(1, round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed * 7919 + 104729))
+    keep, held = perm[n_val:].sort().values, perm[:n_val].sort().values
+
+    def take(idx):
+        return Split(train.x[idx], None if train.y is None else train.y[idx])
+
+    return take(keep), take(held)

@@ -37,7 +37,7 @@ ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 SPACE_ID = 0
 VOCAB_SIZE = len(ALPHABET)
 
-_SEED_STRUCTURE, _SEED_TRAIN, _SEED_TEST = 0, 1, 2
+_SEED_STRUCTURE, _SEED_TRAIN, _SEED_TEST, _SEED_VAL = 0, 1, 2, 3
 _CHUNK = 512  # rows per forward pass on CPU
 
 
@@ -179,6 +179,10 @@ class SyntheticLanguage(Dataset):
     def _load(self, split: str) -> Split:
         purpose, n = (_SEED_TRAIN, self.n_train) if split == "train" else (_SEED_TEST, self.n_test)
         return Split(x=self.sample(n, _rng(self.data_seed, purpose)))
+
+    def _load_val(self) -> Split:
+        # a fresh draw from the source, as large as the test split
+        return Split(x=self.sample(self.n_test, _rng(self.data_seed, _SEED_VAL)))
 
     # Exact likelihood ---------------------------------------------------------------
 

@@ -41,6 +41,11 @@ class Toy2D(Dataset):
         n = self.n_train if split == "train" else self.n_test
         return Split(self.sample(n, g))
 
+    def _load_val(self) -> Split:
+        # a fresh draw from the true density, on its own generator stream
+        g = torch.Generator().manual_seed(self.data_seed * 2_000_003 + 2_000_001)
+        return Split(self.sample(self.n_test, g))
+
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 

@@ -14,7 +14,7 @@ from gmbench.records import RunSpec, write_record
 #: settings of the driver's environment that every worker, local or remote, must share
 DRIVER_ENV = (
     "HF_DATASETS_OFFLINE", "HF_HOME", "HF_DATASETS_CACHE", "GMBENCH_CACHE_DIR",
-    "GMBENCH_DISABLE_EXTERNAL_PLUGINS", "CUBLAS_WORKSPACE_CONFIG",
+    "GMBENCH_DISABLE_EXTERNAL_PLUGINS", "CUBLAS_WORKSPACE_CONFIG", "GMBENCH_CAP_SCALE",
 )
 
 #: called once per finished run, with the record written for it
@@ -59,7 +59,9 @@ class RunOptions:
     env: dict = field(default_factory=dict)
 
     def hard_timeout_s(self, budget) -> float:
-        return float(budget.wall_clock_s) + float(budget.eval_timeout_s) + float(self.grace_s)
+        from gmbench.budget import cap_scale
+
+        return budget.train_cap_s + budget.eval_cap_s + float(self.grace_s) * cap_scale()
 
 
 class Executor(ABC):
