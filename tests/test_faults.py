@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from gmbench.execution import RunOptions, make_executor
+
+# The hang tests need the faults budget's short caps as stated (temporary: see issue 8.8).
+pytestmark = pytest.mark.usefixtures("real_caps")
 from gmbench.plugins import Registries, make_plugin_manager
 from gmbench.records import RunSpec, finished, load_records
 from gmbench.runner import expand, run_all
