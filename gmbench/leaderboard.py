@@ -2,10 +2,25 @@
 
 One board per (dataset, budget). Methods are ranked by the dataset's primary
 metric (``Dataset.primary_metric``; its direction comes from the metric
-registry). For each method the sampler and NFE with the best *mean over seeds*
-is chosen first, and the mean and 95% t-interval are reported at that setting.
-(Taking each seed's own best setting and averaging those would reward noise:
-the selection would be made on the very numbers being averaged.)
+registry). What a board can be trusted for:
+
+* **Honest selection.** A method's setting (sampler, NFE) is chosen by the best
+  *mean over seeds of its validation value*, and the board ranks and reports
+  the *test* value at that setting (:func:`gmbench.ranking.select_setting`).
+  Choosing on the reported numbers would reward noise. Records without
+  validation values are chosen on test, and the board says so per method.
+* **Ties.** Ranks come in groups (1, 1, 3, ...): a method shares the rank of
+  the one above it when the paired t-test across seeds
+  (:func:`gmbench.stats.paired_compare`, 95%) at the two chosen settings does
+  not separate them. With one seed, ranks are marked as not tested.
+* **Labels.** Likelihoods print as exact (plain), bound (``≤``) or estimate
+  (``≈ mean ± stderr``); sampling settings show the counted NFE where the
+  record has it; a run whose samples copy the training set is flagged.
+* **Unranked rows.** Incomplete runs (training stopped at its wall-clock cap)
+  and noise-floor rows (``source: "reference"``, see :mod:`gmbench.floor`) are
+  shown, marked, and never ranked.
+* **Provenance.** Records from a dirty git tree or from several revisions are
+  refused unless allowed, and the footer says when they were.
 
 Everything written is a pure function of the records: the date in the footer
 is the latest ``finished_at`` of the records, plots carry no timestamp, and
@@ -66,14 +81,15 @@ def load_results(paths) -> list[dict]:
 def method_label(rec: dict) -> str:
     """Method name, plus whatever made the run differ from a plain trained fp32 run.
 
-    ``vae``, ``vae[beta=0.5]``, ``ddpm[bf16]``, ``ddpm[loaded]``: runs with
-    different labels are different entries, never averaged together.
+    ``vae``, ``vae[beta=0.5]``, ``ddpm[bf16]``, ``ddpm[loaded]``,
+    ``floor[reference]``: runs with different labels are different entries,
+    never averaged together.
     """
     extras = [f"{k}={v}" for k, v in sorted((rec.get("hparams") or {}).items())]
     if rec.get("precision") not in (None, "fp32"):
         extras.append(str(rec["precision"]))
-    if rec.get("source") == "loaded":
-        extras.append("loaded")
+    if rec.get("source") in ("loaded", "reference"):
+        extras.append(str(rec["source"]))
     return f"{rec['method']}[{', '.join(extras)}]" if extras else str(rec["method"])
 
 
@@ -95,25 +111,27 @@ def dedupe(records: list[dict]) -> tuple[list[dict], int]:
 # -- tables --------------------------------------------------------------------------------
 
 
-def values_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per metric value of an ok run, joined with the sampling speed of its setting."""
+def values_frame(records: list[dict], statuses=("ok",)) -> pd.DataFrame:
+    """One row per usable metric value of the runs with a status in ``statuses``, joined with
+    the sampling speed of its setting. ``split`` is 'val' or 'test' (see gmbench.ranking.split_of)."""
+    from gmbench.ranking import split_of, usable
+
     rows = []
     for rec in records:
-        if rec["status"] != "ok":
+        if rec["status"] not in statuses:
             continue
         speed = {(c.get("sampler"), c.get("nfe")): c.get("samples_per_s") for c in (rec.get("cost") or {}).get("sampling", [])}
         method, dataset, budget, seed = run_key(rec)
         for e in rec.get("metrics") or []:
-            v = e.get("value")
-            if e.get("error") or v is None or not math.isfinite(v):
+            if not usable(e):
                 continue
             rows.append({
                 "method": method, "dataset": dataset, "budget": budget, "seed": seed,
                 "name": str(e.get("name")), "sampler": e.get("sampler"), "nfe": e.get("nfe"),
-                "value": float(v), "label": e.get("label"),
-                "samples_per_s": speed.get((e.get("sampler"), e.get("nfe"))),
+                "value": float(e["value"]), "label": e.get("label"), "split": split_of(e),
+                "stderr": e.get("stderr"), "samples_per_s": speed.get((e.get("sampler"), e.get("nfe"))),
             })
-    cols = ["method", "dataset", "budget", "seed", "name", "sampler", "nfe", "value", "label", "samples_per_s"]
+    cols = ["method", "dataset", "budget", "seed", "name", "sampler", "nfe", "value", "label", "split", "stderr", "samples_per_s"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -137,6 +155,14 @@ def metric_directions(reg) -> dict[str, str]:
     return out
 
 
+#: Share of copied samples above which a run is flagged "memorised". It mirrors
+#: COPY_FLAG in gmbench/metrics/memorisation.py (the metric that writes `copy_share`);
+#: hard-coded so that boards do not import a metric module.
+COPY_FLAG = 0.5
+COPY_METRIC = "copy_share"
+REFERENCE = "reference"  # the ``source`` of noise-floor records (gmbench.floor)
+
+
 @dataclass
 class Board:
     """One (dataset, budget) board, ready to render."""
@@ -145,25 +171,33 @@ class Board:
     budget: str
     metric: str
     direction: str
-    ranking: list[dict]  # one per method, best first
-    by_nfe: pd.DataFrame  # mean/ci/n of the metric per method, sampler, nfe
+    ranking: list[dict]  # one per method: ranked rows best first, then unranked ones
+    by_nfe: pd.DataFrame  # test mean/ci/n of the metric per method, sampler, nfe
     failed: list[dict]  # failed records
     records: list[dict]
     fingerprints: list[str] = field(default_factory=list)
+    floors: list[dict] = field(default_factory=list)  # noise-floor rows (unranked)
 
     @property
     def slug(self) -> str:
         return f"{_safe(self.dataset)}__{_safe(self.budget)}"
+
+    @property
+    def ranked(self) -> list[dict]:
+        return [r for r in self.ranking if r["ranked"]]
 
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", str(text)).lstrip(".") or "-"
 
 
-def build_boards(records: list[dict], reg, allow_mixed: bool = False) -> list[Board]:
-    """Group records into boards; refuse mixed fingerprints unless ``allow_mixed``."""
+def build_boards(records: list[dict], reg, allow_mixed: bool = False, allow_dirty: bool = False,
+                 allow_mixed_revisions: bool = False) -> list[Board]:
+    """Group records into boards; refuse mixed fingerprints, dirty trees and mixed git
+    revisions unless allowed."""
     from gmbench.ranking import primary_metric
 
+    check_revisions(records, allow_dirty, allow_mixed_revisions)
     directions = metric_directions(reg)
     values = values_frame(records)
     boards = []
@@ -182,15 +216,17 @@ def build_boards(records: list[dict], reg, allow_mixed: bool = False) -> list[Bo
         if metric not in directions:
             raise LeaderboardError(f"metric {metric!r} (primary for {dataset!r}) is not registered; its direction is unknown")
         direction = directions[metric]
-        v = values[(values.dataset == dataset) & (values.budget == budget)]
-        by_nfe = _by_setting(v[v.name == metric])
+        methods = [r for r in recs if r.get("source") != REFERENCE]
+        v = values[(values.dataset == dataset) & (values.budget == budget) & (values.split == "test")]
+        v = v[v.method.isin({method_label(r) for r in methods})]
         boards.append(Board(
             dataset, budget, metric, direction,
-            ranking=_rank(recs, v, by_nfe, direction),
-            by_nfe=by_nfe,
-            failed=[r for r in recs if r["status"] != "ok"],
+            ranking=_rank(methods, metric, direction),
+            by_nfe=_by_setting(v[v.name == metric]),
+            failed=[r for r in recs if r["status"] not in ("ok", "incomplete")],
             records=recs,
             fingerprints=fps,
+            floors=_floor_rows([r for r in recs if r.get("source") == REFERENCE], metric, direction),
         ))
     return boards
 
@@ -204,6 +240,35 @@ def _check_fingerprints(recs: list[dict], where: str, allow_mixed: bool) -> list
             "their numbers are not comparable; regenerate the records with one gmbench version or pass --allow-mixed"
         )
     return fps
+
+
+def git_revisions(records: list[dict]) -> list[str]:
+    """The distinct recorded git revisions (records without one are left out)."""
+    return sorted({str((r.get("provenance") or {}).get("git_revision")) for r in records
+                   if (r.get("provenance") or {}).get("git_revision")})
+
+
+def dirty_records(records: list[dict]) -> list[dict]:
+    """Records made from a git tree with uncommitted changes (revision ending in ``-dirty``)."""
+    return [r for r in records if str((r.get("provenance") or {}).get("git_revision") or "").endswith("-dirty")]
+
+
+def check_revisions(records: list[dict], allow_dirty: bool, allow_mixed_revisions: bool) -> None:
+    """Refuse records whose code cannot be recovered (dirty trees) or that come from several
+    revisions (numbers from different code are never merged silently); one line each."""
+    dirty = dirty_records(records)
+    if dirty and not allow_dirty:
+        raise LeaderboardError(
+            f"{len(dirty)} of {len(records)} record(s) were made from a git tree with uncommitted changes "
+            "(revision ends in -dirty), so the code behind them cannot be recovered; "
+            "rerun from a clean checkout or pass --allow-dirty"
+        )
+    revs = git_revisions(records)
+    if len(revs) > 1 and not allow_mixed_revisions:
+        raise LeaderboardError(
+            f"the records come from {len(revs)} git revisions ({', '.join(r[:12] for r in revs)}): "
+            "numbers from different code are not merged silently; rerun on one revision or pass --allow-mixed-revisions"
+        )
 
 
 def differing_fields(recs: list[dict]) -> list[str]:
@@ -228,30 +293,114 @@ def _by_setting(v: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _rank(recs, v: pd.DataFrame, by_nfe: pd.DataFrame, direction: str) -> list[dict]:
-    """One row per method, best first. A method's setting is chosen among those
-    measured on the most seeds (a sampler that failed on some seeds must not win
-    on the lucky rest), then by mean, then by fewer NFE."""
+def _rank(recs: list[dict], metric: str, direction: str) -> list[dict]:
+    """One row per method: ranked rows best first with their rank groups, then unranked rows."""
+    rows = [_method_row(m, [r for r in recs if method_label(r) == m], metric, direction)
+            for m in sorted({method_label(r) for r in recs})]
     sign = 1.0 if direction == "lower" else -1.0
+    rows.sort(key=lambda r: (not r["ranked"], math.isnan(r["mean"]),
+                             sign * r["mean"] if not math.isnan(r["mean"]) else 0.0, r["method"]))
+    assign_ranks([r for r in rows if r["ranked"]], direction)
+    return rows
+
+
+def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> dict:
+    """A method's row: its test values at the setting chosen on validation (gmbench.ranking).
+
+    Ranked on its ok runs; a method with only incomplete runs is shown from those, unranked.
+    """
+    from gmbench.ranking import select_setting, selected_values
+
+    ok = [r for r in runs if r["status"] == "ok"]
+    incomplete = [r for r in runs if r["status"] == "incomplete"]
+    scored = ok or incomplete
+    sel = select_setting(scored, metric, direction)
+    values = selected_values(scored, metric, sel) if sel else {}
+    mean, ci, n = t_interval(values.values())
+    at = [e for e in _entries_at(scored, metric, sel)] if sel else []
+    return {
+        "method": method, "ranked": bool(ok) and bool(values), "seeds_ok": len(ok), "seeds": len(runs),
+        "errors": sorted({one_line(r.get("error")) for r in runs if r["status"] not in ("ok", "incomplete")}),
+        "budget_spent": [float(r.get("budget_spent") or 0.0) for r in incomplete],
+        "values": values, "mean": mean, "ci": ci, "n": n,
+        "sampler": sel.sampler if sel else None, "nfe": sel.nfe if sel else None,
+        "nfe_shown": _shown_nfe(at, sel.nfe) if sel else None,
+        "chosen_on": sel.note if sel else None,
+        "samples_per_s": _mean([c.get("samples_per_s") for r in scored for c in (r.get("cost") or {}).get("sampling", [])
+                                if sel and (c.get("sampler"), c.get("nfe")) == (sel.sampler, sel.nfe)]),
+        "likelihood": _likelihood(_model_values(values_frame(scored, statuses=("ok", "incomplete")))),
+        "copies": _copies(scored, sel),
+        "params": _median([(r.get("cost") or {}).get("params") for r in scored]),
+        "train_flops": _median([(r.get("cost") or {}).get("train_flops") for r in scored]),
+        "rank": None, "vs_above": "",
+    }
+
+
+def _entries_at(records: list[dict], metric: str, sel) -> list[dict]:
+    from gmbench.ranking import entry_at
+
+    return [e for e in (entry_at(r, metric, sel.sampler, sel.nfe) for r in records) if e is not None]
+
+
+def _shown_nfe(entries: list[dict], nfe):
+    """The counted network calls per sample (mean over seeds) where recorded, else the nominal NFE."""
+    counted = [e["nfe_counted"] for e in entries if isinstance(e.get("nfe_counted"), (int, float))]
+    if counted:
+        return format(sum(counted) / len(counted), ".4g")
+    return nfe
+
+
+def _model_values(v: pd.DataFrame) -> pd.DataFrame:
+    """Test-split values of labelled model metrics (the likelihood)."""
+    return v[v.sampler.isna() & v.label.notna() & (v.split == "test")]
+
+
+def _copies(records: list[dict], sel) -> dict | None:
+    """copy_share at the chosen setting: mean over seeds and how many runs exceed COPY_FLAG."""
+    if sel is None:
+        return None
+    from gmbench.ranking import entry_at
+
+    shares = [float(e["value"]) for e in (entry_at(r, COPY_METRIC, sel.sampler, sel.nfe) for r in records) if e]
+    if not shares:
+        return None
+    return {"mean": sum(shares) / len(shares), "flagged": sum(s > COPY_FLAG for s in shares), "n": len(shares)}
+
+
+def assign_ranks(rows: list[dict], direction: str) -> None:
+    """Rank groups (1, 1, 3, ...) over rows sorted best first, in place.
+
+    A row shares the rank of the row above when the paired t-test across the
+    seeds both ran (gmbench.stats.paired_compare, 95%) does not find the upper
+    one better; with fewer than 2 shared seeds the pair is not tested and the
+    rank stays strict (``tested`` False).
+    """
+    from gmbench.stats import paired_compare
+
+    for i, row in enumerate(rows):
+        row["tested"] = True
+        if i == 0:
+            row["rank"], row["vs_above"] = 1, ""
+            continue
+        above = rows[i - 1]
+        c = paired_compare(row["values"], above["values"], direction)
+        if c.p_value is None:
+            row["rank"], row["tested"] = i + 1, False
+            row["vs_above"] = f"not tested ({len(c.seeds)} shared seed{'s' if len(c.seeds) != 1 else ''})"
+        elif c.better == "b":
+            row["rank"], row["vs_above"] = i + 1, f"worse (p = {c.p_value:.2g})"
+        else:
+            row["rank"], row["vs_above"] = above["rank"], f"tied (p = {c.p_value:.2g})"
+
+
+def _floor_rows(records: list[dict], metric: str, direction: str) -> list[dict]:
+    """One unranked row per noise-floor kind (gmbench.floor): mean over its seeds."""
     rows = []
-    for method in sorted({method_label(r) for r in recs}):
-        runs = [r for r in recs if method_label(r) == method]
-        ok = [r for r in runs if r["status"] == "ok"]
-        row = {
-            "method": method, "seeds_ok": len(ok), "seeds": len(runs),
-            "errors": sorted({one_line(r.get("error")) for r in runs if r["status"] != "ok"}),
-            "mean": math.nan, "ci": math.nan, "n": 0, "sampler": None, "nfe": None, "samples_per_s": math.nan,
-            "likelihood": _likelihood(v[(v.method == method) & v.sampler.isna() & v.label.notna()]),
-            "params": _median([(r.get("cost") or {}).get("params") for r in ok]),
-            "train_flops": _median([(r.get("cost") or {}).get("train_flops") for r in ok]),
-        }
-        settings = by_nfe[by_nfe.method == method]
-        if not settings.empty:
-            settings = settings[settings.n == settings.n.max()]
-            best = min(settings.to_dict("records"), key=lambda s: (sign * s["mean"], s["nfe"] or 0, str(s["sampler"])))
-            row.update({k: best[k] for k in ("mean", "ci", "n", "sampler", "nfe", "samples_per_s")})
+    for label in sorted({str((r.get("reference") or {}).get("label") or "noise floor") for r in records}):
+        runs = [r for r in records if str((r.get("reference") or {}).get("label") or "noise floor") == label]
+        row = _method_row(label, runs, metric, direction)
+        row["ranked"] = False
         rows.append(row)
-    rows.sort(key=lambda r: (math.isnan(r["mean"]), sign * r["mean"] if not math.isnan(r["mean"]) else 0.0, r["method"]))
     return rows
 
 
@@ -266,7 +415,18 @@ def _likelihood(v: pd.DataFrame) -> dict | None:
     name = names[0]
     g = v[v.name == name]
     mean, ci, n = t_interval(g["value"])
-    return {"name": name, "mean": mean, "ci": ci, "n": n, "label": "/".join(sorted(set(g.label.astype(str))))}
+    out = {"name": name, "mean": mean, "ci": ci, "n": n, "label": "/".join(sorted(set(g.label.astype(str)))),
+           "stderr": math.nan}
+    if "stderr" in g:
+        se = [float(x) for x in g["stderr"] if isinstance(x, (int, float)) and math.isfinite(x)]
+        if len(se) == len(g):  # standard error of the mean of independent estimates
+            out["stderr"] = math.sqrt(sum(x * x for x in se)) / len(se)
+    return out
+
+
+def _mean(values) -> float:
+    vals = [float(x) for x in values if isinstance(x, (int, float))]
+    return sum(vals) / len(vals) if vals else math.nan
 
 
 def _median(values) -> float:
@@ -314,52 +474,125 @@ def fmt_ci(mean: float, ci: float, n: int) -> str:
 
 
 def _likelihood_cell(lk: dict | None) -> str:
+    """exact: plain; bound: ``≤ ``; estimate: ``≈ mean ± stderr``; no likelihood: ``none``."""
     if lk is None:
         return "none"
+    what = f"{md_escape(lk['name'])}, {md_escape(lk['label'])}"
+    if "estimate" in lk["label"] and "bound" not in lk["label"]:
+        se = "stderr ?" if math.isnan(lk["stderr"]) else f"± {lk['stderr']:.2g} stderr"
+        seeds = f"; seeds ± {lk['ci']:.2g}, n={lk['n']}" if lk["n"] > 1 and not math.isnan(lk["ci"]) else f", n={lk['n']}"
+        return f"≈ {lk['mean']:.4g} {se}{seeds} {what}"
     bound = "≤ " if "bound" in lk["label"] else ""
-    return f"{bound}{fmt_ci(lk['mean'], lk['ci'], lk['n'])} {md_escape(lk['name'])}, {md_escape(lk['label'])}"
+    return f"{bound}{fmt_ci(lk['mean'], lk['ci'], lk['n'])} {what}"
+
+
+def _status_cell(r: dict) -> str:
+    """ok, or what kept runs out: incomplete (with the budget share spent) and failed seeds."""
+    parts = []
+    spent = r["budget_spent"]
+    if spent:
+        share = f"{min(spent):.0%}" if min(spent) == max(spent) else f"{min(spent):.0%}–{max(spent):.0%}"
+        seeds = "" if len(spent) == r["seeds"] else f"{len(spent)}/{r['seeds']} seeds, "
+        parts.append(f"incomplete ({seeds}{share} of budget)")
+    failed = r["seeds"] - r["seeds_ok"] - len(spent)
+    if failed:
+        parts.append(f"failed ({failed}/{r['seeds']} seeds): {md_escape('; '.join(r['errors']))}")
+    return "; ".join(parts) or "ok"
+
+
+def _rank_cell(r: dict) -> str:
+    if not r["ranked"]:
+        return "—"
+    return f"{r['rank']}" if r.get("tested", True) else f"{r['rank']}‡"
+
+
+def _setting_cell(r: dict) -> str:
+    if r["sampler"] is None:
+        return "—" if r["nfe"] is None else f"@ {r['nfe_shown']}"
+    return f"{md_escape(r['sampler'])} @ {md_escape(r['nfe_shown'])}"
+
+
+def _copies_cell(c: dict | None) -> str:
+    if c is None:
+        return "—"
+    flag = "" if not c["flagged"] else (" memorised" if c["flagged"] == c["n"] else f" memorised ({c['flagged']}/{c['n']} seeds)")
+    return f"{c['mean']:.2g}{flag}"
+
+
+def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
+    return {
+        "#": rank,
+        "method": method,
+        "metric": fmt_ci(r["mean"], r["ci"], r["n"]),
+        "seeds ok": f"{r['seeds_ok']}/{r['seeds']}",
+        "sampler @ NFE": _setting_cell(r),
+        "likelihood": _likelihood_cell(r["likelihood"]),
+        "chosen on": r["chosen_on"] or "—",
+        "vs above": r["vs_above"] or "—",
+        "copies": _copies_cell(r["copies"]),
+        "samples/s": fmt(r["samples_per_s"], ".3g"),
+        "params": fmt(r["params"], ",.0f"),
+        "train FLOPs": fmt(r["train_flops"], ".3g"),
+        "status": status,
+    }
+
+
+def _caption(board: Board) -> list[str]:
+    """The sentences that say how to read the board (only those that apply to it)."""
+    m = md_escape(board.metric)
+    ranked = board.ranked
+    out = [
+        f"Ranked by **{m}** ({board.direction} is better) on the test split: mean ± 95% t-interval over seeds, "
+        "at each method's sampler and NFE chosen by the best mean over seeds of the **validation** value "
+        "(column *chosen on*; \"test (no validation values)\" for records without validation values). "
+        "NFE is the counted number of network calls per sample where the record has it, else the nominal NFE.",
+    ]
+    if any(r.get("tested", True) for r in ranked[1:]):
+        out.append("**#** gives rank groups: a method shares the rank of the one above it when a paired t-test "
+                   "across seeds at the two methods' chosen settings (`gmbench.stats.paired_compare`, two-sided, 95%) "
+                   "does not separate them (column *vs above*).")
+    if any(not r.get("tested", True) for r in ranked):
+        out.append("Ranks marked ‡ are **not tested** for significance: fewer than 2 seeds are shared with the method "
+                   "above (one seed cannot separate methods from seed noise).")
+    out.append("Likelihood: plain = exact; ≤ = an upper bound on the NLL (the true NLL is lower); "
+               "≈ = an unbiased stochastic estimate ± its standard error; none = the method gives no likelihood.")
+    if any(r["budget_spent"] for r in board.ranking):
+        out.append("Incomplete runs (training stopped at the wall-clock cap) show the share of the training budget "
+                   "they spent; they are never ranked.")
+    if any(r["copies"] for r in board.ranking + board.floors):
+        out.append(f"*copies*: share of samples nearer a training example than real held-out data usually is "
+                   f"(`{COPY_METRIC}`); above {COPY_FLAG:g} the run is marked memorised.")
+    if board.floors:
+        out.append("Noise-floor rows score real data exactly like a method's samples — fresh draws from the true "
+                   "distribution, or a subset of the train split (train vs test) where the distribution is unknown — "
+                   "and are not ranked: a method within the floor's interval is as good as this metric can tell. "
+                   "Where a metric's own reference is the train split (FID by default), the train-split row is the "
+                   "memorisation point rather than a floor.")
+    return out
 
 
 def render_board(board: Board, generator_version: str) -> str:
     """The markdown page of one board."""
     m = md_escape(board.metric)
-    lines = [
-        f"# {md_escape(board.dataset)} — budget {md_escape(board.budget)}",
-        "",
-        f"Ranked by **{m}** ({board.direction} is better): mean ± 95% t-interval over seeds, "
-        "at each method's best sampler and NFE (best by mean over seeds). "
-        "Likelihood: ≤ marks a bound (the true NLL is lower), exact otherwise.",
-        "",
-    ]
+    lines = [f"# {md_escape(board.dataset)} — budget {md_escape(board.budget)}", ""]
+    for sentence in _caption(board):
+        lines += [sentence, ""]
     if len(board.fingerprints) > 1:
         lines += [f"**Warning:** this board mixes {len(board.fingerprints)} protocol fingerprints "
                   f"(differing in {md_escape(', '.join(differing_fields(board.records)) or '?')}); "
                   "numbers may not be comparable.", ""]
-    if all(math.isnan(r["mean"]) for r in board.ranking):
-        lines += [f"No run reported {m}: the methods cannot be ranked.", ""]
-    table = []
-    rank = 0
-    for r in board.ranking:
-        ranked = not math.isnan(r["mean"])
-        rank += ranked
-        status = "ok" if r["seeds_ok"] == r["seeds"] else (
-            f"failed ({r['seeds'] - r['seeds_ok']}/{r['seeds']} seeds): {md_escape('; '.join(r['errors']))}")
-        table.append([
-            rank if ranked else "—",
-            md_escape(r["method"]),
-            fmt_ci(r["mean"], r["ci"], r["n"]),
-            f"{r['seeds_ok']}/{r['seeds']}",
-            f"{md_escape(r['sampler'])} @ {r['nfe']}" if r["sampler"] is not None else "—",
-            _likelihood_cell(r["likelihood"]),
-            fmt(r["samples_per_s"], ".3g"),
-            fmt(r["params"], ",.0f"),
-            fmt(r["train_flops"], ".3g"),
-            status,
-        ])
-    headers = ["#", "method", m, "seeds ok", "sampler @ NFE", "likelihood", "samples/s", "params", "train FLOPs", "status"]
-    lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    if not board.ranked:
+        lines += [f"No complete run reported {m}: the methods cannot be ranked.", ""]
+    table = [_table_row(f, "—", md_escape(f["method"]), "reference (unranked)") for f in board.floors]
+    table += [_table_row(r, _rank_cell(r), md_escape(r["method"]), _status_cell(r)) for r in board.ranking]
+    headers = list(table[0]) if table else []
+    if not any(r["copies"] for r in board.ranking + board.floors):
+        headers.remove("copies")
+    lines += [tabulate([[row[h] for h in headers] for row in table],
+                       headers=[m if h == "metric" else h for h in headers], tablefmt="github", disable_numparse=True), ""]
 
-    lines += ["## Quality versus NFE", "", f"{m} (mean ± 95% interval over seeds) per method and sampler.", ""]
+    lines += ["## Quality versus NFE", "",
+              f"{m} on the test split (mean ± 95% interval over seeds of complete runs) per method and sampler.", ""]
     lines += [_nfe_table(board.by_nfe), ""]
     lines += ["## Quality versus sampling cost", "", f"![{m} against seconds per sample]({board.slug}.png)", ""]
     if board.failed:
@@ -398,18 +631,30 @@ def footer(records: list[dict], generator_version: str) -> str:
         f"---\n*{len(records)} run record(s) from gmbench {joined('gmbench_version')} at git revision "
         f"{joined('git_revision')}, device {joined('device')}; protocol fingerprint "
         f"{md_escape(', '.join(fps) or 'none')}; latest run finished {md_escape(latest)}. "
-        f"Page generated by gmbench {md_escape(generator_version)}.*"
+        f"Page generated by gmbench {md_escape(generator_version)}.*" + _provenance_warnings(records)
     )
+
+
+def _provenance_warnings(records: list[dict]) -> str:
+    """What the page was allowed to include (it would have been refused otherwise)."""
+    out = []
+    dirty = dirty_records(records)
+    if dirty:
+        out.append(f"{len(dirty)} record(s) from a git tree with uncommitted changes (built with --allow-dirty)")
+    revs = git_revisions(records)
+    if len(revs) > 1:
+        out.append(f"records from {len(revs)} git revisions (built with --allow-mixed-revisions)")
+    return "".join(f"\n\n**Warning:** {w}." for w in out)
 
 
 def render_index(boards: list[Board], records: list[dict], generator_version: str) -> str:
     rows = []
     for b in boards:
-        leader = next((r for r in b.ranking if not math.isnan(r["mean"])), None)
+        leaders = [md_escape(r["method"]) for r in b.ranked if r["rank"] == 1]
         rows.append([
             f"[{md_escape(b.dataset)} / {md_escape(b.budget)}]({b.slug}.md)",
             f"{md_escape(b.metric)} ({b.direction})",
-            md_escape(leader["method"]) if leader else "—",
+            (", ".join(leaders) + (" (tied)" if len(leaders) > 1 else "")) if leaders else "—",
             len(b.ranking),
             len(b.records),
             len(b.failed),
@@ -459,6 +704,9 @@ def plot_board(board: Board, path: Path, dpi: int = 100) -> None:
             front = pareto_front(points, board.direction)
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, marker="s", mfc="none", ms=10,
                     label="Pareto front")
+            for f in board.floors:  # a floor has no sampling cost: a horizontal line
+                if not math.isnan(f["mean"]):
+                    ax.axhline(f["mean"], color="grey", ls=":", lw=1, label=text(f["method"]))
             ax.set_xscale("log")
             ax.legend(fontsize=7, loc="best")
         else:
@@ -473,12 +721,14 @@ def plot_board(board: Board, path: Path, dpi: int = 100) -> None:
 # -- writing -------------------------------------------------------------------------------
 
 
-def write_leaderboards(records: list[dict], out_dir, reg, allow_mixed: bool = False) -> list[Path]:
+def write_leaderboards(records: list[dict], out_dir, reg, allow_mixed: bool = False, allow_dirty: bool = False,
+                       allow_mixed_revisions: bool = False) -> list[Path]:
     """Write every board, its plot and ``index.md`` to ``out_dir``; return the paths written."""
     from gmbench import __version__
 
     records, _ = dedupe(records)
-    boards = build_boards(records, reg, allow_mixed=allow_mixed)
+    boards = build_boards(records, reg, allow_mixed=allow_mixed, allow_dirty=allow_dirty,
+                          allow_mixed_revisions=allow_mixed_revisions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, used = [], set()

@@ -161,16 +161,18 @@ def seed_values(
     direction: str = "lower",
     allow_mixed_fingerprints: bool = False,
 ) -> dict[int, float]:
-    """``{seed: value}`` of ``metric`` for ``method`` on ``dataset`` from ok records.
+    """``{seed: test value}`` of ``metric`` for ``method`` on ``dataset`` from ok records.
 
-    With ``sampler``/``nfe`` the entry of that sampler and NFE is used;
-    without, the best over the sampler/NFE grid (by ``direction``) — note that
-    picking the best per seed biases the mean a little towards "good".
+    With ``sampler`` and/or ``nfe`` only those settings are candidates; the
+    setting is then chosen as the boards choose it
+    (:func:`gmbench.ranking.select_setting`: best mean over seeds of the
+    validation value, by ``direction``), one setting for every seed, and the
+    *test* values at it are returned. Validation values are never returned.
     """
-    from gmbench.ranking import best_entry
+    from gmbench.ranking import select_setting, selected_values
 
-    out: dict[int, float] = {}
-    prints = set()
+    runs: list[dict] = []
+    seeds: set[int] = set()
     for r in records:
         if r.get("status") != "ok" or r.get("method") != method or r.get("dataset") != dataset:
             continue
@@ -181,14 +183,12 @@ def seed_values(
         ]
         if not entries:
             continue
-        rec = dict(r, metrics=entries)
-        e = best_entry(rec, metric, direction)
-        if e is None:
-            continue
-        if r["seed"] in out:
+        if r["seed"] in seeds:
             raise ValueError(f"two records for {method} on {dataset} with seed {r['seed']}")
-        out[r["seed"]] = e["value"]
-        prints.add(r.get("fingerprint"))
+        seeds.add(r["seed"])
+        runs.append(dict(r, metrics=entries))
+    prints = {r.get("fingerprint") for r in runs}
     if len(prints) > 1 and not allow_mixed_fingerprints:
         raise ValueError(f"{method} on {dataset}: records with {len(prints)} different fingerprints are not comparable")
-    return out
+    selection = select_setting(runs, metric, direction)
+    return {} if selection is None else dict(sorted(selected_values(runs, metric, selection).items()))

@@ -19,21 +19,35 @@ LATEST = "2031-05-06T07:08:09+00:00"
 
 def make_record(method, seed, values, *, dataset="8gaussians", budget="tiny", status="ok", error=None,
                 fingerprint="fp-one", likelihood=("test_nll", 1.5, "exact"), finished_at="2030-01-01T00:00:00+00:00",
-                samples_per_s=1000.0, hparams=None, eval_samples=500, **extra) -> dict:
-    """A run record shaped like the runner's; ``values`` maps (name, sampler, nfe) -> value."""
-    metrics = [{"metric": "m", "version": "1", "name": n, "sampler": s, "nfe": k, "value": v}
-               for (n, s, k), v in values.items()]
-    if likelihood and status == "ok":
-        name, value, label = likelihood
+                samples_per_s=1000.0, hparams=None, eval_samples=500, git_revision="abc123", entry_extra=None,
+                **extra) -> dict:
+    """A run record shaped like the runner's.
+
+    ``values`` maps (name, sampler, nfe) -> test value, or (name, sampler, nfe, "val") -> validation
+    value; ``entry_extra`` maps the same keys to extra entry fields (``nfe_counted``...);
+    ``likelihood`` is (name, value, label) or (name, value, label, stderr).
+    """
+    metrics = []
+    for key, v in values.items():
+        n, s, k = key[:3]
+        e = {"metric": "m", "version": "1", "name": n, "sampler": s, "nfe": k, "value": v}
+        if len(key) > 3:
+            e["split"] = key[3]
+        metrics.append({**e, **(entry_extra or {}).get(key, {})})
+    if likelihood and status in ("ok", "incomplete"):
+        name, value, label = likelihood[:3]
         metrics.insert(0, {"metric": "likelihood", "version": "1", "name": name, "sampler": None, "nfe": None,
                            "value": value, "label": label})
-    settings = sorted({(s, k) for (_, s, k) in values})
+        if len(likelihood) > 3:
+            metrics[0]["stderr"] = likelihood[3]
+    settings = sorted({(key[1], key[2]) for key in values})
     return {
         "schema": 1, "method": method, "dataset": dataset, "budget": budget, "seed": seed,
-        "hparams": hparams or {}, "status": status, "error": error, "metrics": metrics if status == "ok" else [],
+        "hparams": hparams or {}, "status": status, "error": error,
+        "metrics": metrics if status in ("ok", "incomplete") else [],
         "cost": {"params": 1234, "train_flops": 5e6,
                  "sampling": [{"sampler": s, "nfe": k, "samples_per_s": samples_per_s * (10 / k)} for s, k in settings]},
-        "provenance": {"gmbench_version": "0.1.0", "git_revision": "abc123", "device": "cpu"},
+        "provenance": {"gmbench_version": "0.1.0", "git_revision": git_revision, "device": "cpu"},
         "fingerprint": fingerprint, "fingerprint_fields": {"dataset": dataset, "eval_samples": eval_samples},
         "finished_at": finished_at, **extra,
     }
@@ -87,7 +101,10 @@ def test_board_ranks_by_primary_metric_and_shows_failures(tmp_path):
     page = (tmp_path / "lb" / "8gaussians__tiny.md").read_text()
     rows = [cells(r) for r in table_rows(page, "#")[2:]]
     assert [r[1] for r in rows] == ["fast", "slow", "gan", "broken"]
-    assert [r[0] for r in rows] == ["1", "2", "3", "—"]
+    # fast and slow are not separated by a paired t-test over their 2 seeds; gan has 1 seed: untested
+    assert [r[0] for r in rows] == ["1", "1", "3‡", "—"]
+    assert rows[1][7].startswith("tied (p = ") and rows[2][7] == "not tested (1 shared seed)"
+    assert {r[6] for r in rows[:3]} == {"test (no validation values)"}
     fast = rows[0]
     assert fast[2].startswith("0.32 ± ") and fast[2].endswith("(n=2)")
     assert fast[4] == "direct @ 1"
@@ -247,7 +264,8 @@ def test_records_written_by_the_runner(tmp_path):
     reg = Registries(make_plugin_manager(extra_plugins=(FakePlugin(GaussianFit, TinyGAN, BrokenTrain), TinyBudgetPlugin()),
                                          load_entrypoints=False))
     run_all(expand(reg, "gaussfit,tinygan,broken-train", "8gaussians", "lb-tiny", seeds=(0, 1)), reg, tmp_path / "runs")
-    res = invoke("leaderboard", tmp_path / "runs", "--out", tmp_path / "lb")
+    # --allow-dirty: this checkout may have uncommitted changes while the tests run
+    res = invoke("leaderboard", tmp_path / "runs", "--out", tmp_path / "lb", "--allow-dirty")
     assert res.exit_code == 0, res.output
     rows = [cells(r) for r in table_rows((tmp_path / "lb" / "8gaussians__lb-tiny.md").read_text(), "#")[2:]]
     by_method = {r[1]: r for r in rows}

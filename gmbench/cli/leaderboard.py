@@ -9,7 +9,11 @@ import click
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for index.md, the boards and their plots.")
 @click.option("--allow-mixed", is_flag=True, help="Put records with different protocol fingerprints on one board (marked as such).")
-def leaderboard(results, out_dir, allow_mixed) -> None:
+@click.option("--allow-dirty", is_flag=True,
+              help="Accept records made from a git tree with uncommitted changes (stated in each page's footer).")
+@click.option("--allow-mixed-revisions", is_flag=True,
+              help="Accept records from several git revisions (stated in each page's footer).")
+def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revisions) -> None:
     """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files)."""
     from gmbench.leaderboard import dedupe, load_results, write_leaderboards
     from gmbench.plugins import Registries
@@ -18,6 +22,7 @@ def leaderboard(results, out_dir, allow_mixed) -> None:
     _, dropped = dedupe(records)
     if dropped:
         click.echo(f"gmbench: {dropped} duplicate record(s) of the same run ignored (the latest is kept)", err=True)
-    paths = write_leaderboards(records, out_dir, Registries(), allow_mixed=allow_mixed)
+    paths = write_leaderboards(records, out_dir, Registries(), allow_mixed=allow_mixed, allow_dirty=allow_dirty,
+                               allow_mixed_revisions=allow_mixed_revisions)
     boards = sum(1 for p in paths if p.suffix == ".md") - 1
     click.echo(f"gmbench: {boards} board(s) from {len(records) - dropped} run(s) -> {paths[0]}")

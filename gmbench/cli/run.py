@@ -154,8 +154,10 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def summary_table(reg, out_dir, spec_hashes) -> str:
-    """Per dataset, methods ranked by the dataset's primary metric (best sampler/NFE)."""
-    from gmbench.ranking import best_entry, direction_of, primary_metric
+    """Per dataset, runs ranked by the dataset's primary metric: the test value at each method's
+    setting chosen on validation over its seeds (gmbench.ranking.select_setting), as on the boards."""
+    from gmbench.leaderboard import method_label
+    from gmbench.ranking import direction_of, primary_metric, select_setting, selected_values
     from gmbench.records import load_records
 
     wanted = set(spec_hashes)
@@ -166,12 +168,20 @@ def summary_table(reg, out_dir, spec_hashes) -> str:
         metric = primary_metric(reg, dataset)
         direction = direction_of(reg, metric)
         rows = []
-        for r in (r for r in records if r["dataset"] == dataset):
-            e = best_entry(r, metric, direction) if r["status"] == "ok" else None
-            rows.append([r["method"], r["seed"], e["value"] if e else None, f"{e['sampler']}@{e['nfe']}" if e and e["sampler"] else "",
-                         r["status"] if r["status"] != "ok" else "ok"])
+        for status in ("ok", "incomplete"):  # incomplete runs are scored but never ranked with complete ones
+            runs = [r for r in records if r["dataset"] == dataset and r["status"] == status]
+            for label in sorted({method_label(r) for r in runs}):
+                mine = [r for r in runs if method_label(r) == label]
+                sel = select_setting(mine, metric, direction)
+                values = selected_values(mine, metric, sel) if sel else {}
+                where = f"{sel.sampler}@{sel.nfe}" if sel and sel.sampler else ""
+                for r in mine:
+                    done = f"incomplete ({float(r.get('budget_spent') or 0):.0%} of budget)" if status == "incomplete" else "ok"
+                    rows.append([label, r["seed"], values.get(int(r["seed"])), where, sel.note if sel else "", done])
+        rows += [[method_label(r), r["seed"], None, "", "", r["status"]] for r in records
+                 if r["dataset"] == dataset and r["status"] not in ("ok", "incomplete")]
         sign = 1 if direction == "lower" else -1
-        rows.sort(key=lambda row: (row[2] is None, sign * row[2] if row[2] is not None else 0))
-        blocks.append(f"{dataset}: ranked by {metric} ({direction} is better)\n" + tabulate(
-            rows, headers=["method", "seed", metric, "sampler@nfe", "status"], floatfmt=".4g"))
+        rows.sort(key=lambda row: (row[5] != "ok", row[2] is None, sign * row[2] if row[2] is not None else 0, row[0], row[1]))
+        blocks.append(f"{dataset}: ranked by {metric} ({direction} is better), test value at the setting chosen on validation\n"
+                      + tabulate(rows, headers=["method", "seed", metric, "sampler@nfe", "chosen on", "status"], floatfmt=".4g"))
     return "\n\n".join(blocks)
