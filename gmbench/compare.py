@@ -22,8 +22,11 @@ absolute floor keeps values near zero (the share of off-support samples,
 0.002 -> 0.004) from failing on noise. Cost numbers (seconds, samples/s) are
 never gated: wall time is not reproducible across machines.
 
-The gate fails on any regression, on a run that failed, on a run or value
-that disappeared; it never fails on an improvement, a fixed run or a new run.
+The gate fails on any regression, on a run that failed or is incomplete
+(training stopped at its wall-clock cap: its numbers are not those of the
+budget), on a run or value that disappeared; it never fails on an improvement,
+a fixed run or a new run. Only test values are gated (entries with
+``"split": "val"`` exist to choose settings; see gmbench.ranking).
 """
 
 from __future__ import annotations
@@ -163,20 +166,33 @@ def compare_records(
         if c is None:
             out.rows.append(Row(**head, verdict="missing", note="run is in the baseline but not in the current results"))
         elif c["status"] != "ok":
-            out.rows.append(Row(**head, verdict="failed", note=one_line(c.get("error"))))
+            out.rows.append(Row(**head, verdict="failed", note=not_ok_note(c)))
         elif b is None:
             out.rows.append(Row(**head, verdict="new", note="run is not in the baseline"))
         elif b["status"] != "ok":
-            out.rows.append(Row(**head, verdict="fixed", note=f"failed in the baseline: {one_line(b.get('error'))}"))
+            out.rows.append(Row(**head, verdict="fixed", note=f"{b['status']} in the baseline: {not_ok_note(b)}"))
         else:
             out.rows += _compare_values(head, b, c, directions, tolerances, default, seed_sd)
     return out
 
 
+def not_ok_note(rec: dict) -> str:
+    """Why a run is not ok, in one line: its error, or how much of its budget an incomplete run spent."""
+    if rec["status"] == "incomplete":
+        spent = rec.get("budget_spent")
+        share = f"{float(spent):.0%} of" if isinstance(spent, (int, float)) else "part of"
+        return f"incomplete: training stopped at its wall-clock cap after {share} its budget"
+    return one_line(rec.get("error"))
+
+
 def _values(rec: dict) -> tuple[dict, dict]:
-    """(values, errors) of a record by (name, sampler, nfe)."""
+    """(test values, errors) of a record by (name, sampler, nfe)."""
+    from gmbench.ranking import split_of
+
     values, errors = {}, {}
     for e in rec.get("metrics") or []:
+        if split_of(e) != "test":
+            continue
         k = (str(e.get("name")), e.get("sampler"), e.get("nfe"))
         v = e.get("value")
         if v is not None and not e.get("error") and math.isfinite(v):
@@ -219,6 +235,7 @@ def _compare_values(head, b, c, directions, tolerances, default, seed_sd) -> lis
 
 def _seed_sds(records: list[dict]) -> dict[tuple, float]:
     v = values_frame(dedupe(records)[0])
+    v = v[v.split == "test"]
     if v.empty:
         return {}
     keys = ["method", "dataset", "budget", "name", "sampler", "nfe"]

@@ -119,6 +119,35 @@ def test_failed_missing_new_and_fixed_runs(tmp_path):
     assert res.exit_code == 0 and "new" in res.output  # a new run is news, not a failure
 
 
+def test_incomplete_runs_fail_like_failed_ones(tmp_path):
+    # an incomplete run was scored, and its values may even look fine: it still fails the gate
+    cur = runs()
+    cur[1].update(status="incomplete", budget_spent=0.36)
+    res = gate(tmp_path, runs(), cur, "--format", "json")
+    assert res.exit_code == 1
+    rows = {(r["seed"], r["metric"]): r for r in json.loads(res.output)["rows"]}
+    assert rows[(1, "")]["verdict"] == "failed" and "36% of its budget" in rows[(1, "")]["note"]
+    assert not any(seed == 1 and metric for seed, metric in rows)  # its values are not compared
+    base = runs()
+    base[0].update(status="incomplete", budget_spent=0.5)
+    res = gate(tmp_path / "2", base, runs(), "--format", "json")
+    assert res.exit_code == 0, res.output
+    fixed = next(r for r in json.loads(res.output)["rows"] if r["seed"] == 0)
+    assert fixed["verdict"] == "fixed" and fixed["note"].startswith("incomplete in the baseline")
+
+
+def test_validation_values_are_not_gated(tmp_path):
+    def with_val(val):
+        recs = runs()
+        for r in recs:
+            r["metrics"].append({"name": "swd", "sampler": "ddim", "nfe": 10, "value": val, "split": "val"})
+        return recs
+
+    res = gate(tmp_path, with_val(0.5), with_val(5.0), "--format", "json")  # val 10x worse, test equal
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["counts"] == {"ok": 12}
+
+
 def test_a_value_that_disappeared_fails(tmp_path):
     cur = runs()
     cur[1]["metrics"] = [e for e in cur[1]["metrics"] if e.get("nfe") != 50]

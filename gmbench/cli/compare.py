@@ -1,7 +1,7 @@
 """`gmbench compare BASELINE CURRENT`: the regression gate for CI.
 
 Exit status: 0 when nothing regressed, 1 on a regression beyond tolerance, a
-failed run or a run/value that disappeared, 2 when the inputs cannot be
+failed or incomplete run or a run/value that disappeared, 2 when the inputs cannot be
 compared (missing or corrupt records, mixed protocols, a bad tolerance).
 """
 
@@ -26,8 +26,8 @@ class InputError(click.ClickException):
 def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all) -> None:
     """Compare CURRENT run records with BASELINE (each a directory or a record file).
 
-    Exits 1 if any metric got worse beyond its tolerance, or a run failed or
-    disappeared; 2 if the inputs cannot be compared.
+    Exits 1 if any metric got worse beyond its tolerance, or a run failed, is
+    incomplete (stopped at its wall-clock cap) or disappeared; 2 if the inputs cannot be compared.
     """
     from gmbench.compare import DEFAULT_TOLERANCE, compare_records, parse_tolerances, render
     from gmbench.leaderboard import load_results, metric_directions
