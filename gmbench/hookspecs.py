@@ -75,6 +75,16 @@ def gmbench_register_feature_extractors(register: Register) -> None:
     """
 
 
+@hookspec
+def gmbench_register_claims(register: Register) -> None:
+    """Register the checkable claims of a method's paper (:class:`gmbench.claims.PaperClaim` instances).
+
+    Called once when the claim registry is built (by ``gmbench claims``). A
+    claim is an ordering, a tie or a trend across NFE between cells of
+    method x sampler x NFE x metric, with its paper and table; names are unique.
+    """
+
+
 # -- observation ---------------------------------------------------------------
 
 

@@ -138,6 +138,12 @@ class Registries:
     def feature_extractors(self) -> Registry:
         return self._build("feature extractor", object, False, "gmbench_register_feature_extractors")
 
+    @cached_property
+    def claims(self) -> Registry:
+        from gmbench.claims import PaperClaim
+
+        return self._build("claim", PaperClaim, False, "gmbench_register_claims")
+
     def origin(self, kind: str, name: str) -> str:
         """'distribution version' that registered ``name`` of ``kind``."""
         reg = {"method": self.methods, "dataset": self.datasets, "metric": self.metrics, "budget": self.budgets}[kind]

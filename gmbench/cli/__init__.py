@@ -34,9 +34,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from gmbench.cli import compare, eval as eval_cmd, leaderboard, listing, new_plugin, run
+    from gmbench.cli import claims, compare, eval as eval_cmd, leaderboard, listing, new_plugin, run
 
     main.add_command(run.run)
+    main.add_command(claims.claims)
     main.add_command(leaderboard.leaderboard)
     main.add_command(compare.compare)
     main.add_command(new_plugin.new_plugin)

@@ -11,6 +11,7 @@ def gmbench_register_metrics(register):
     from gmbench.metrics.genppl import GenerativePerplexity, GPT2Perplexity
     from gmbench.metrics.images import ImageFidelity
     from gmbench.metrics.likelihood import HeldOutLikelihood
+    from gmbench.metrics.memorisation import Memorisation
     from gmbench.metrics.pixels import PixelSlicedWasserstein
     from gmbench.metrics.text import TextDegeneracy, TrueSourceNLL
     from gmbench.metrics.toy2d import Toy2DSampleMetrics
@@ -25,6 +26,7 @@ def gmbench_register_metrics(register):
         TextDegeneracy(),
         GenerativePerplexity(),
         GPT2Perplexity(),
+        Memorisation(),
     ):
         register(metric)
 
