@@ -399,7 +399,7 @@ def _floor_rows(records: list[dict], metric: str, direction: str) -> list[dict]:
     for label in sorted({str((r.get("reference") or {}).get("label") or "noise floor") for r in records}):
         runs = [r for r in records if str((r.get("reference") or {}).get("label") or "noise floor") == label]
         row = _method_row(label, runs, metric, direction)
-        row["ranked"] = False
+        row["ranked"], row["floor"] = False, True
         rows.append(row)
     return rows
 
@@ -512,10 +512,12 @@ def _setting_cell(r: dict) -> str:
     return f"{md_escape(r['sampler'])} @ {md_escape(r['nfe_shown'])}"
 
 
-def _copies_cell(c: dict | None) -> str:
+def _copies_cell(c: dict | None, flag_it: bool = True) -> str:
+    """copy_share at the chosen setting; runs above COPY_FLAG are marked (never a floor row: a
+    train-split floor copies the training set by construction)."""
     if c is None:
         return "—"
-    flag = "" if not c["flagged"] else (" memorised" if c["flagged"] == c["n"] else f" memorised ({c['flagged']}/{c['n']} seeds)")
+    flag = "" if not (c["flagged"] and flag_it) else (" memorised" if c["flagged"] == c["n"] else f" memorised ({c['flagged']}/{c['n']} seeds)")
     return f"{c['mean']:.2g}{flag}"
 
 
@@ -529,7 +531,7 @@ def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
         "likelihood": _likelihood_cell(r["likelihood"]),
         "chosen on": r["chosen_on"] or "—",
         "vs above": r["vs_above"] or "—",
-        "copies": _copies_cell(r["copies"]),
+        "copies": _copies_cell(r["copies"], flag_it=not r.get("floor")),
         "samples/s": fmt(r["samples_per_s"], ".3g"),
         "params": fmt(r["params"], ",.0f"),
         "train FLOPs": fmt(r["train_flops"], ".3g"),

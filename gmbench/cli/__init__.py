@@ -44,6 +44,7 @@ def _register() -> None:
     main.add_command(eval_cmd.eval_)
     for cmd in listing.COMMANDS:
         main.add_command(cmd)
+    main.add_command(__import__("gmbench.cli.floor", fromlist=["floor"]).floor)  # gmbench floor (noise-floor records)
 
 
 _register()

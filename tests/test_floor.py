@@ -1,0 +1,92 @@
+"""Noise floors (gmbench.floor, `gmbench floor`): real data scored like samples, shown unranked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gmbench.cli import main
+from gmbench.floor import TRAIN_VS_TEST, TRUE_DISTRIBUTION, FloorError, floor_kind, floor_record, floor_samples
+from tests.test_leaderboard import TinyBudgetPlugin, cells, table_rows
+
+
+@pytest.fixture(scope="module")
+def reg():
+    from gmbench.plugins import Registries
+
+    return Registries()
+
+
+def test_floor_of_8gaussians_scores_swd_near_the_known_floor(reg):
+    rec = floor_record(reg, "8gaussians", "smoke", 0)
+    assert (rec["status"], rec["source"], rec["method"]) == ("ok", "reference", "floor")
+    assert rec["reference"]["label"] == TRUE_DISTRIBUTION and rec["reference"]["n"] == 1000
+    swd = {e["name"]: e for e in rec["metrics"]}["swd"]
+    assert (swd["sampler"], swd["nfe"], swd["split"]) == (None, None, "test")
+    # two draws of 1,000 points from the same density are ~0.1-0.2 apart in SWD (seed spread ~0.02-0.05):
+    # not 0 (the metric's own noise) and far below a poor model (docs/metrics.md)
+    assert 0.08 < swd["value"] < 0.25
+    values = {e["name"]: e["value"] for e in rec["metrics"] if e.get("value") is not None}
+    assert values["off_support"] == 0.0 and values["mode_coverage"] == 1.0
+
+
+def test_floor_samples_are_fresh_seeded_draws_or_a_train_subset(reg):
+    from gmbench.data import make_dataset
+
+    toy = make_dataset(reg.datasets, "8gaussians")
+    a, b = floor_samples(toy, 500, 0), floor_samples(toy, 500, 1)
+    assert a.shape == (500, 2) and torch.equal(a, floor_samples(toy, 500, 0)) and not torch.equal(a, b)
+    for split in ("train", "val", "test"):  # a fresh draw, not a split
+        assert not torch.equal(a, toy.split(split).x[:500])
+    lang = make_dataset(reg.datasets, "synthlang")
+    words = floor_samples(lang, 8, 0)
+    assert words.shape == (8, lang.seq_len) and words.dtype == torch.int64
+    assert torch.isfinite(lang.log_prob(words)).all()  # the true source can produce every window
+    digits = make_dataset(reg.datasets, "digits")
+    sub = floor_samples(digits, 100, 0)
+    train = digits.split("train").x
+    assert all((train == row).flatten(1).all(1).any() for row in sub)  # every example is a train image
+    assert (floor_kind(toy), floor_kind(lang), floor_kind(digits)) == (TRUE_DISTRIBUTION, TRUE_DISTRIBUTION, TRAIN_VS_TEST)
+    with pytest.raises(FloorError, match="holds .* examples; the budget scores 100000"):
+        floor_samples(digits, 100_000, 0)
+
+
+def test_board_shows_the_floor_unranked_beside_real_runs(tmp_path):
+    """Runner records and floor records share one fingerprint, so they stand on one board."""
+    from gmbench.leaderboard import write_leaderboards
+    from gmbench.plugins import Registries, make_plugin_manager
+    from gmbench.records import load_records
+    from gmbench.runner import expand, run_all
+    from tests.plugins.fake_methods import FakePlugin, GaussianFit
+
+    reg = Registries(make_plugin_manager(extra_plugins=(FakePlugin(GaussianFit), TinyBudgetPlugin()),
+                                         load_entrypoints=False))
+    run_all(expand(reg, "gaussfit", "8gaussians", "lb-tiny", seeds=(0, 1)), reg, tmp_path / "runs")
+    records, _ = load_records([tmp_path / "runs"])
+    floors = [floor_record(reg, "8gaussians", "lb-tiny", seed) for seed in (0, 1)]
+    assert {r["fingerprint"] for r in records} == {f["fingerprint"] for f in floors}
+    write_leaderboards(records + floors, tmp_path / "lb", reg, allow_dirty=True)  # the checkout may be dirty
+    page = (tmp_path / "lb" / "8gaussians__lb-tiny.md").read_text()
+    rows = [cells(r) for r in table_rows(page, "#")[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("—", TRUE_DISTRIBUTION), ("1", "gaussfit")]
+    assert rows[0][2].endswith("(n=2)") and rows[0][-1] == "reference (unranked)"
+    assert "Noise-floor rows score real data exactly like a method's samples" in page
+    assert "| gaussfit" in (tmp_path / "lb" / "index.md").read_text()  # the leader is the method, never the floor
+
+
+def test_floor_command_writes_records_and_refuses_unknown_names(tmp_path):
+    res = CliRunner().invoke(main, ["floor", "--datasets", "8gaussians", "--budget", "smoke", "--seeds", "0",
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    (path,) = (tmp_path / "out").glob("floor__8gaussians__smoke__s0__*.json")
+    rec = json.loads(path.read_text())
+    assert rec["source"] == "reference" and f"swd {next(e['value'] for e in rec['metrics'] if e['name'] == 'swd'):.4g}" in res.output
+    for args, message in ((["--datasets", "8gaussians,nowhere"], "unknown dataset 'nowhere'"),
+                          (["--datasets", "8gaussians", "--budget", "smok"], "unknown budget 'smok'")):
+        res = CliRunner().invoke(main, ["floor", *args, "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()  # names are checked before anything is written
