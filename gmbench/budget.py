@@ -5,20 +5,20 @@ every network and stage, counted with ``torch.utils.flop_counter``), the
 batch size, and for all runs a wall-clock cap (a safety net: FLOPs are the
 rule), the model-size preset, the evaluation sample count and the NFE grid.
 
-``FlopCounterMode`` counts matrix products only (not elementwise work or CPU
-bookkeeping such as an OT assignment), so records state wall time beside FLOPs.
-Counting every step under the dispatch mode would cost more than the 3% host
-overhead we allow, so :class:`StepFlopMeter` counts the first steps of a stage
-exactly and charges later steps the measured cost while it stays constant —
-re-checking periodically, and counting every step if it ever varies.
+FLOPs are counted by :class:`gmbench.flops.OpCostMode`: matrix products by
+torch's formulas plus one per element for every other op, forward, backward,
+optimizer update and ``no_grad`` work alike. CPU work outside torch (numpy, an
+OT assignment) is invisible to it, so records state wall time per stage beside
+FLOPs. Counting costs about one bare step per counted step on the tiny MLP, so
+:class:`StepMeter` counts the first steps of a stage and seeded random audits
+exactly, charging the confirmed constant in between — and counts every step
+once a cost changes (see benchmarks/bench_host_overhead.py for the overhead).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-
-from torch.utils.flop_counter import FlopCounterMode
 
 from gmbench.hookspecs import hookimpl
 
@@ -31,7 +31,10 @@ class Budget:
         name: ``smoke``, ``small``, ``standard``, ``large`` or a plugin's own.
         train_flops: training FLOPs allowed, per modality.
         batch_size: training batch size, per modality.
-        wall_clock_s: hard cap on one run's training time, in seconds.
+        wall_clock_s: cap on one run's training time in seconds, a safety net: a run
+            that reaches it stops training, is still evaluated and is recorded
+            ``incomplete``. None (the presets) derives it from the FLOPs at a
+            conservative throughput for the device (``CONSERVATIVE_FLOPS_PER_S``).
         model_size: backbone preset (``tiny``/``small``/``base``/``large``).
         eval_samples: samples drawn per (sampler, NFE) for metrics, per modality.
         nfe_grid: NFE values tried for samplers whose NFE is adjustable.
@@ -41,7 +44,7 @@ class Budget:
     name: str
     train_flops: dict
     batch_size: dict
-    wall_clock_s: float
+    wall_clock_s: float | None
     model_size: str
     eval_samples: dict
     nfe_grid: tuple[int, ...]
@@ -51,10 +54,19 @@ class Budget:
     def flops_for(self, modality: str) -> float:
         return float(self.train_flops[modality])
 
+    def train_cap_for(self, modality: str, device: str = "cpu") -> float:
+        """The training wall-clock cap in force for ``modality`` on ``device`` (seconds):
+        ``wall_clock_s`` (or the derived cap) times :func:`cap_scale`."""
+        if self.wall_clock_s is not None:
+            return float(self.wall_clock_s) * cap_scale()
+        kind = str(device).split(":")[0]
+        rate = CONSERVATIVE_FLOPS_PER_S.get(kind, CONSERVATIVE_FLOPS_PER_S["cpu"])
+        return max(MIN_DERIVED_CAP_S, self.flops_for(modality) / rate) * cap_scale()
+
     @property
     def train_cap_s(self) -> float:
-        """The training wall-clock cap in force: ``wall_clock_s`` times :func:`cap_scale`."""
-        return float(self.wall_clock_s) * cap_scale()
+        """The largest training cap over modalities on a CPU (for hung-run timeouts)."""
+        return max(self.train_cap_for(m, "cpu") for m in self.train_flops)
 
     @property
     def eval_cap_s(self) -> float:
@@ -76,6 +88,39 @@ class Budget:
         d["nfe_grid"] = list(self.nfe_grid)
         return d
 
+    def view(self, modality: str, stage_flops: dict) -> "BudgetView":
+        """What a method may know of this budget for ``modality`` (set as ``method.budget_view``)."""
+        return BudgetView(self.name, modality, self.flops_for(modality), dict(stage_flops), self.batch_size[modality],
+                          self.eval_samples[modality], tuple(self.nfe_grid), self.model_size)
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """The budget as a method sees it, so stage preparation can size itself.
+
+    Attributes:
+        name, modality: the budget and the data's modality.
+        train_flops: the run's whole training allowance.
+        stage_flops: each stage's allowance by stage name (preparation included:
+            ``on_stage_start`` is stopped with an error once it passes it).
+        batch_size, eval_samples, nfe_grid, model_size: the budget's settings.
+    """
+
+    name: str
+    modality: str
+    train_flops: float
+    stage_flops: dict
+    batch_size: int
+    eval_samples: int
+    nfe_grid: tuple
+    model_size: str
+
+
+#: Throughput a run is assumed to get at worst, for the derived wall-clock caps. Measured:
+#: `small` digits ddpm trained at 2.7e10 FLOP/s on one quiet core of this project's CPU
+#: machine; 2e9 leaves room for a 2-core machine at load average ~13. A GPU gets 100x.
+CONSERVATIVE_FLOPS_PER_S = {"cpu": 2.0e9, "cuda": 2.0e11, "mps": 2.0e10}
+MIN_DERIVED_CAP_S = 60.0
 
 # FLOP numbers are sized on the built-in backbones, measured on one CPU core
 # (benchmarks/bench_host_overhead.py prints throughput): a training step of the
@@ -87,7 +132,7 @@ SMOKE = Budget(
     name="smoke",
     train_flops={"toy2d": 1.0e11, "image": 3.0e11, "text": 3.0e11},
     batch_size={"toy2d": 256, "image": 64, "text": 32},
-    wall_clock_s=120,
+    wall_clock_s=None,  # derived from the FLOPs (CONSERVATIVE_FLOPS_PER_S)
     model_size="tiny",
     eval_samples={"toy2d": 1000, "image": 256, "text": 64},
     nfe_grid=(10, 50),
@@ -98,7 +143,7 @@ SMALL = Budget(
     name="small",
     train_flops={"toy2d": 1.0e12, "image": 4.0e12, "text": 3.0e12},
     batch_size={"toy2d": 256, "image": 64, "text": 32},
-    wall_clock_s=600,
+    wall_clock_s=None,  # derived from the FLOPs (CONSERVATIVE_FLOPS_PER_S)
     model_size="small",
     eval_samples={"toy2d": 2000, "image": 1000, "text": 256},
     nfe_grid=(10, 20, 50, 100),
@@ -109,7 +154,7 @@ STANDARD = Budget(
     name="standard",
     train_flops={"toy2d": 1.0e13, "image": 1.0e15, "text": 1.0e15},
     batch_size={"toy2d": 512, "image": 128, "text": 128},
-    wall_clock_s=4 * 3600,
+    wall_clock_s=None,  # derived from the FLOPs (CONSERVATIVE_FLOPS_PER_S)
     model_size="base",
     eval_samples={"toy2d": 10000, "image": 10000, "text": 1000},
     nfe_grid=(10, 20, 50, 100, 250, 1000),
@@ -120,7 +165,7 @@ LARGE = Budget(
     name="large",
     train_flops={"toy2d": 1.0e14, "image": 2.0e16, "text": 2.0e16},
     batch_size={"toy2d": 1024, "image": 256, "text": 256},
-    wall_clock_s=24 * 3600,
+    wall_clock_s=None,  # derived from the FLOPs (CONSERVATIVE_FLOPS_PER_S)
     model_size="large",
     eval_samples={"toy2d": 50000, "image": 50000, "text": 5000},
     nfe_grid=(10, 20, 50, 100, 250, 1000),
@@ -160,85 +205,194 @@ def gmbench_register_budgets(register):
 
 
 class BudgetExceeded(RuntimeError):
-    """Raised when a run's wall-clock cap is hit (the run becomes a failed record)."""
+    """A run used more than its budget (an audited step revealed uncounted work)."""
 
 
 @dataclass
-class StepFlopMeter:
-    """Counts FLOPs of training steps cheaply (see module docstring).
+class StepMeter:
+    """Charges every training step its cost without counting every step (see module doc).
 
-    Use ``with meter.step(): ...`` around each step; ``meter.total`` is the
-    running total and ``meter.next_step_cost`` the expected cost of one more.
+    The first steps of a stage are counted exactly until ``exact_steps``
+    consecutive ones cost the same (an optimizer's first step allocates its
+    state, so it differs; after ``max_warmup_steps`` without that, every step is
+    counted). Later steps are charged that constant, and ``audits`` steps are
+    counted at random — drawn from a generator seeded by the host (``seed``), so
+    a method cannot tell which steps are checked — with at least
+    ``min_audits`` per stage and ``audit_rate`` of the expected remaining steps.
+    The step that may be the last one to fit is always counted. An audited step
+    whose cost differs from the constant switches the meter to counting every
+    step from then on, and the steps since the last matching audit are
+    re-charged at the higher cost (they may have done the same extra work).
+    When counting every step the expected cost of the next step is the largest
+    seen so far. ``over_budget`` is True when counted work passed ``allowance``.
+
+    Use ``with meter.step(): ...`` around everything a method runs in a step.
     """
 
+    allowance: float
+    seed: int = 0
     exact_steps: int = 3
-    recheck_every: int = 1000
+    max_warmup_steps: int = 10
+    audit_rate: float = 0.01
+    min_audits: int = 8
     total: float = 0.0
+    matmul_flops: float = 0.0
+    element_ops: float = 0.0
     steps: int = 0
     counted_steps: int = 0
-    _costs: list = field(default_factory=list)
-    _constant: float | None = None
-    _varies: bool = False
-
-    def _must_count(self) -> bool:
-        return self._constant is None or self._varies or self.steps % self.recheck_every == 0
+    constant: float | None = None
+    every_step: bool = False
+    max_cost: float = 0.0
+    last_verified: int = 0
+    planned_audits: int = 0
+    audit_start: int = 0
+    audit_block: float = 0.0
+    audit_index: int = 0
+    next_audit: int = -1
+    variation: str = ""
+    first_costs: list = field(default_factory=list)
+    matmul_share: float = 1.0
 
     def step(self):
         return _MeteredStep(self)
 
     @property
     def next_step_cost(self) -> float:
-        if self._costs:
-            return max(self._costs[-self.exact_steps :]) if self._varies else (self._constant or self._costs[-1])
-        return 0.0
+        if self.every_step or self.constant is None:
+            return self.max_cost
+        return self.constant
 
-    def _record(self, flops: float | None) -> None:
-        if flops is None:
-            flops = self._constant or 0.0
+    @property
+    def over_budget(self) -> bool:
+        return self.total > self.allowance * (1 + 1e-9)
+
+    def _must_count(self) -> bool:
+        if self.every_step or self.constant is None or self.steps == self.next_audit:
+            return True
+        # the step that may be the last to fit is counted, so the final check is exact
+        return self.total + 2 * self.next_step_cost > self.allowance
+
+    def _plan_audits(self) -> None:
+        """Cut the expected remaining steps into ``k`` blocks with one audit at a seeded
+        position in each: exactly ``k`` audits if the stage runs its course, none of
+        them at a predictable step."""
+        import math
+
+        remaining = int((self.allowance - self.total) // max(self.constant, 1.0))
+        k = max(self.min_audits, math.ceil(self.audit_rate * remaining))
+        if remaining <= k:
+            self.every_step = True
+            return
+        self.planned_audits, self.audit_start, self.audit_block = k, self.steps, remaining / k
+        self._advance_audit(0)
+
+    def _advance_audit(self, i: int) -> None:
+        import hashlib
+
+        self.audit_index = i
+        if i >= self.planned_audits:
+            self.next_audit = -1
+            return
+        lo = self.audit_start + int(i * self.audit_block)
+        hi = self.audit_start + int((i + 1) * self.audit_block)
+        h = int.from_bytes(hashlib.sha256(f"gmbench-audit:{self.seed}:{i}".encode()).digest()[:8], "big")
+        self.next_audit = lo + h % max(1, hi - lo)
+
+    def _record(self, mode) -> None:
+        if mode is None:  # charged the confirmed constant
+            cost = self.constant
+            self.matmul_flops += cost * self.matmul_share
+            self.element_ops += cost * (1 - self.matmul_share)
         else:
+            cost = mode.total
             self.counted_steps += 1
-            self._costs.append(flops)
-            if self._constant is not None and flops != self._constant:
-                self._varies = True
-            if self._constant is None and len(self._costs) >= self.exact_steps:
-                window = self._costs[-self.exact_steps :]
-                if min(window) == max(window):
-                    self._constant = window[0]
-                else:
-                    self._varies = True
-        self.total += flops
+            self.matmul_flops += mode.matmul_flops
+            self.element_ops += mode.element_ops
+            self.max_cost = max(self.max_cost, cost)
+            if self.every_step:
+                pass
+            elif self.constant is None:
+                self.first_costs.append(cost)
+            elif cost != self.constant:
+                self._switch_to_every_step(cost)
+            else:
+                self.last_verified = self.steps + 1
+            if self.steps == self.next_audit:
+                self._advance_audit(self.audit_index + 1)
+        self.total += cost
         self.steps += 1
+        if self.constant is None and not self.every_step and len(self.first_costs) >= self.exact_steps:
+            window = self.first_costs[-self.exact_steps:]
+            if min(window) == max(window):
+                self.constant = cost
+                self.matmul_share = mode.matmul_flops / cost if cost else 1.0
+                self.last_verified = self.steps
+                self._plan_audits()
+            elif len(self.first_costs) >= self.max_warmup_steps:
+                self.every_step = True
+                self.variation = f"no {self.exact_steps} consecutive steps of the first {self.max_warmup_steps} cost the same"
+
+    def _switch_to_every_step(self, cost: float) -> None:
+        unaudited = self.steps - self.last_verified
+        if cost > self.constant:
+            extra = (cost - self.constant) * unaudited
+            self.total += extra
+            self.element_ops += extra
+        self.variation = (f"step {self.steps} cost {cost:.4g}, not the constant {self.constant:.4g}; "
+                          f"counted every step from then on, {unaudited} earlier step(s) re-charged")
+        self.every_step = True
 
     @property
     def method(self) -> str:
-        if self._varies:
-            return "counted every step"
-        return f"counted {self.counted_steps} of {self.steps} steps, constant cost extrapolated"
+        if self.every_step:
+            return f"counted every step ({self.variation})" if self.variation else "counted every step"
+        return (f"counted {self.counted_steps} of {self.steps} steps "
+                f"({len(self.first_costs)} first, {self.planned_audits} random audits, the last ones), constant cost confirmed")
+
+    # -- checkpointing --------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in _METER_STATE}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "StepMeter":
+        meter = cls(allowance=state["allowance"])
+        for k in _METER_STATE:
+            setattr(meter, k, state[k])
+        return meter
+
+
+
+_METER_STATE = ("allowance", "seed", "exact_steps", "max_warmup_steps", "audit_rate", "min_audits", "total", "matmul_flops",
+                "element_ops", "steps", "counted_steps", "constant", "every_step", "max_cost", "last_verified",
+                "planned_audits", "audit_start", "audit_block", "audit_index", "next_audit", "variation",
+                "first_costs", "matmul_share")
 
 
 class _MeteredStep:
-    def __init__(self, meter: StepFlopMeter):
+    def __init__(self, meter: StepMeter):
         self.meter = meter
-        self.counter: FlopCounterMode | None = None
+        self.mode = None
 
     def __enter__(self):
         if self.meter._must_count():
-            self.counter = FlopCounterMode(display=False)
-            self.counter.__enter__()
+            from gmbench.flops import OpCostMode
+
+            self.mode = OpCostMode()
+            self.mode.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self.counter is not None:
-            self.counter.__exit__(*exc)
-            if exc[0] is None:
-                self.meter._record(float(self.counter.get_total_flops()))
-        elif exc[0] is None:
-            self.meter._record(None)
+        if self.mode is not None:
+            self.mode.__exit__(*exc)
+        if exc[0] is None:
+            self.meter._record(self.mode)
         return False
 
 
-def count_flops(fn, *args, **kwargs):
-    """Run ``fn`` under a FLOP counter; return (result, flops)."""
-    with FlopCounterMode(display=False) as counter:
-        out = fn(*args, **kwargs)
-    return out, float(counter.get_total_flops())
+def count_flops(fn, *args, limit: float | None = None, what: str = "work", **kwargs):
+    """Run ``fn`` with its cost counted (see :mod:`gmbench.flops`); return (result, cost)."""
+    from gmbench.flops import count_cost
+
+    out, mode = count_cost(fn, *args, limit=limit, what=what, **kwargs)
+    return out, mode.total

@@ -51,7 +51,9 @@ from torch import nn
 
 from gmbench.data.base import DataSpec
 
-LIKELIHOOD_KINDS = ("exact", "bound", "none")
+#: exact (flows, exact-trace ODEs, AR), bound (VAE, diffusion ELBOs), estimate (an unbiased
+#: stochastic estimate such as Hutchinson's trace: reported with its standard error), none (GANs)
+LIKELIHOOD_KINDS = ("exact", "bound", "estimate", "none")
 
 StepResult = Union[Mapping[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
 
@@ -71,12 +73,20 @@ class SamplerInfo:
         deterministic: True when the map from initial noise to sample is
             deterministic (ODE samplers, DDIM with eta=0).
         default_nfe: NFE used when ``adjustable_nfe`` is False (and as a hint).
+        calls_per_step: network forward calls per unit of NFE and per sample (2 for
+            Heun or midpoint steps, a predictor-corrector step...). The host counts
+            the forward calls of the method's modules while sampling one sample
+            and fails the run if they exceed ``nfe * calls_per_step``.
+        adaptive: an adaptive solver (dopri5...): NFE is what it used, which the
+            host records as counted; no declared count is checked.
     """
 
     name: str
     adjustable_nfe: bool = True
     deterministic: bool = False
     default_nfe: int = 1
+    calls_per_step: float = 1.0
+    adaptive: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,8 +134,10 @@ class Method(ABC):
     title: ClassVar[str] = ""
     modalities: ClassVar[tuple[str, ...]]
     samplers: ClassVar[tuple[SamplerInfo, ...]]
-    #: "exact" (flows, ODEs, AR), "bound" (VAE, diffusion) or "none" (GAN)
+    #: "exact" (flows, ODEs, AR), "bound" (VAE, diffusion), "estimate" (unbiased, stochastic) or "none" (GAN)
     likelihood: ClassVar[str] = "none"
+    #: set by the host before training: each stage's FLOP allowance and the evaluation settings
+    budget_view = None
 
     def __init__(self, data: DataSpec, model_size: str = "small"):
         if data.modality not in self.modalities:
@@ -178,12 +190,23 @@ class Method(ABC):
 
         E.g. a latent model encodes the data with its trained autoencoder, and
         rectified flow's reflow generates (noise, sample) pairs. The host counts
-        the FLOPs spent here against the budget.
+        the FLOPs spent here against the stage's allowance
+        (``self.budget_view.stage_flops[stage]``) while they are spent, and stops
+        the run with a clear error once they pass it: size the work from it.
         """
         return None
 
     def on_step_end(self, stage: str, step: int) -> None:
-        """Called after every optimizer of a step has stepped (e.g. EMA updates)."""
+        """Called after every optimizer of a step has stepped (e.g. EMA updates); metered."""
+
+    def training_state(self) -> dict:
+        """JSON-able state a method changes while training outside its modules (e.g. a
+        latent scale set in ``on_stage_start``), saved in training checkpoints. State
+        in module parameters and buffers is saved already; default: none."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore what :meth:`training_state` returned (when resuming a run)."""
 
     # -- sampling and likelihood ------------------------------------------------
 
@@ -241,7 +264,8 @@ class Method(ABC):
             "modalities": list(cls.modalities),
             "likelihood": cls.likelihood,
             "samplers": [
-                {"name": s.name, "adjustable_nfe": s.adjustable_nfe, "deterministic": s.deterministic}
+                {"name": s.name, "adjustable_nfe": s.adjustable_nfe, "deterministic": s.deterministic,
+                 "calls_per_step": s.calls_per_step, "adaptive": s.adaptive}
                 for s in cls.samplers
             ],
         }

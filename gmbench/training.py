@@ -2,7 +2,10 @@
 
 Methods never step an optimizer themselves; this loop does, so every method
 is trained under the same rules: the same batch size and FLOP allowance, the
-same data order for a given seed, the same NaN check, the same metering.
+same data order for a given seed, the same NaN check, the same metering —
+of everything a method runs while training, hooks included — and the same
+checkpoints (:mod:`gmbench.checkpointing`), from which an interrupted run
+continues bit-identically.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gmbench.budget import Budget, BudgetExceeded, StepFlopMeter, count_flops
+from gmbench import checkpointing
+from gmbench.budget import Budget, BudgetExceeded, StepMeter
+from gmbench.checkpointing import CheckpointPolicy
+from gmbench.flops import count_cost
 from gmbench.method import Method, MethodError, OptimizerSpec
 
 
@@ -24,13 +30,20 @@ class TrainingFailed(RuntimeError):
 
 @dataclass
 class StageReport:
+    """What one stage used: steps, FLOPs (with their parts), wall time, and why it stopped early."""
+
     name: str
     steps: int = 0
     flops: float = 0.0
     prepare_flops: float = 0.0
     seconds: float = 0.0
+    prepare_seconds: float = 0.0
     flops_allowed: float = 0.0
     flops_method: str = ""
+    matmul_flops: float = 0.0
+    element_ops: float = 0.0
+    counted_steps: int = 0
+    stopped: str = ""
     final_losses: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -105,13 +118,22 @@ def train(
     modality: str,
     generator: torch.Generator,
     deadline: float | None = None,
+    checkpoints: CheckpointPolicy | None = None,
+    clock=time.monotonic,
 ) -> list[StageReport]:
-    """Train ``method`` on ``train_x`` under ``budget``; return one report per stage.
+    """Train ``method`` on ``train_x`` under ``budget``; return one report per stage run.
 
-    Each stage gets ``budget_share`` of the modality's FLOPs. A step is only
-    taken if its (measured) cost still fits the stage's allowance, so the total
-    never exceeds the budget. ``deadline`` (``time.monotonic()``) is the
-    wall-clock cap: passing it raises :class:`BudgetExceeded`.
+    Each stage gets ``budget_share`` of the modality's FLOPs; everything the
+    method runs for it — ``on_stage_start``, ``training_step``, the optimizer
+    updates, ``on_step_end`` — is metered (:class:`gmbench.budget.StepMeter`).
+    A step is taken only if its expected cost still fits the stage's allowance;
+    a stage whose audited cost turns out larger than its allowance raises
+    :class:`BudgetExceeded`. ``deadline`` (on ``clock``, default
+    ``time.monotonic``) is the wall-clock cap, a safety net: reaching it ends
+    training where it is, the last report says so in ``stopped``, and the run is
+    still evaluated (the runner records it ``incomplete``). With ``checkpoints``
+    the state is saved periodically, at stage ends and when stopping, and
+    ``checkpoints.resume`` continues from the last checkpoint.
     """
     stages = method.stages()
     shares = sum(s.budget_share for s in stages)
@@ -119,52 +141,116 @@ def train(
         raise MethodError(f"method {method.name!r}: stage budget shares must sum to 1 (got {shares})")
     total_allowed = budget.flops_for(modality)
     batch_size = budget.batch_size[modality]
-    deadline = deadline if deadline is not None else time.monotonic() + budget.train_cap_s
-    data = train_x.to(method.device)
-    reports = []
-    for stage in stages:
-        report = StageReport(stage.name, flops_allowed=total_allowed * stage.budget_share)
-        t0 = time.perf_counter()
+    cap_s = budget.train_cap_for(modality, method.device.type)
+    deadline = deadline if deadline is not None else clock() + cap_s
+    method.budget_view = budget.view(modality, {s.name: total_allowed * s.budget_share for s in stages})
+    audit_seed = generator.initial_seed()
+    data, data_replaced = train_x.to(method.device), False
+    reports: list[StageReport] = []
+    start, resumed = 0, None
+    if checkpoints is not None and checkpoints.resume:
+        resumed = checkpointing.load(checkpoints.folder)
+    if resumed is not None:
+        sidecar, tensors = resumed
+        method.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        method.load_training_state(sidecar["method_state"])
+        reports = [StageReport(**r) for r in sidecar["reports"]]
+        start = sidecar["stage_index"]
+        if "stage_data" in tensors:
+            data, data_replaced = tensors["stage_data"].to(method.device), True
+        if sidecar["meter"] is None:  # saved at a stage boundary
+            checkpointing.restore_rng(sidecar, tensors, generator)
+            resumed = None
+    for index in range(start, len(stages)):
+        stage = stages[index]
         method.train(True)
-        new_data, report.prepare_flops = count_flops(method.on_stage_start, stage.name, data, generator)
-        if new_data is not None:
-            data = new_data.to(method.device)
-        apply = _Step(method, stage.optimizers, method.device)
-        meter = StepFlopMeter()
-        allowance = report.flops_allowed - report.prepare_flops
+        t0 = clock()
+        if resumed is not None:  # continue this stage where the checkpoint left it
+            sidecar, tensors = resumed
+            report = reports.pop()
+            t0 -= report.seconds
+            apply = _Step(method, stage.optimizers, method.device)
+            for name, opt in apply.optimizers.items():
+                checkpointing.restore_optimizer(opt, name, sidecar, tensors)
+            meter = StepMeter.from_state(sidecar["meter"])
+            checkpointing.restore_rng(sidecar, tensors, generator)
+            resumed = None
+        else:
+            report = StageReport(stage.name, flops_allowed=total_allowed * stage.budget_share)
+            new_data, cost = count_cost(method.on_stage_start, stage.name, data, generator,
+                                        limit=report.flops_allowed, what=f"preparation of stage {stage.name!r}")
+            report.prepare_flops, report.prepare_seconds = cost.total, clock() - t0
+            if new_data is not None:
+                data, data_replaced = new_data.to(method.device), True
+            apply = _Step(method, stage.optimizers, method.device)
+            meter = StepMeter(allowance=report.flops_allowed - report.prepare_flops, seed=audit_seed * 1009 + index)
         n = data.shape[0]
         losses: dict = {}
+        last_saved, stopped = clock(), ""
+
+        def save(in_stage: bool) -> None:
+            report.seconds = clock() - t0
+            _fill(report, meter, losses)
+            checkpointing.save(
+                checkpoints, method=method, optimizers=apply.optimizers if in_stage else {}, generator=generator,
+                stage_index=index if in_stage else index + 1, meter_state=meter.state() if in_stage else None,
+                reports=[r.to_dict() for r in reports + [report]], stage_data=data if data_replaced else None,
+                extra={"stage": stage.name},
+            )
+
         while True:
-            if meter.steps and meter.total + meter.next_step_cost > allowance:
+            if meter.steps and meter.total + meter.next_step_cost > meter.allowance:
                 break
-            if time.monotonic() > deadline:
-                raise BudgetExceeded(
-                    f"wall-clock cap of {budget.train_cap_s:g}s reached in stage {stage.name!r} after {meter.steps} steps"
-                )
+            if clock() > deadline:
+                stopped = f"wall-clock cap of {cap_s:g}s reached in stage {stage.name!r} after {meter.steps} steps"
+                break
             # drawn on the CPU generator so the data order is the same on every device; pinned
             # and non-blocking on a GPU so the copy does not synchronise the stream every step
             idx = torch.randint(0, n, (min(batch_size, n),), generator=generator, device="cpu")
             if data.device.type == "cuda":
                 idx = idx.pin_memory().to(data.device, non_blocking=True)
             batch = data[idx]
+            step = meter.steps
             with meter.step():
-                losses = apply(method.training_step(stage.name, batch, meter.steps), meter.steps)
-            method.on_step_end(stage.name, meter.steps - 1)
+                losses = apply(method.training_step(stage.name, batch, step), step)
+                method.on_step_end(stage.name, step)
             if meter.steps == 1 and meter.total == 0:
                 raise MethodError(
-                    f"a step of stage {stage.name!r} counted 0 FLOPs: the FLOP budget needs the step's matrix "
-                    "products to run under torch (no numpy or custom kernels the counter cannot see)"
+                    f"a step of stage {stage.name!r} counted 0 FLOPs: the FLOP budget needs the step's work "
+                    "to run under torch (no numpy or custom kernels the counter cannot see)"
                 )
-            if meter.steps == 1 and meter.total > allowance:
+            if meter.steps == 1 and meter.total > meter.allowance:
                 raise TrainingFailed(
                     f"one step of stage {stage.name!r} costs {meter.total:.3g} FLOPs, more than its allowance "
-                    f"{allowance:.3g}: use a larger budget or a smaller model"
+                    f"{meter.allowance:.3g}: use a larger budget or a smaller model"
                 )
-        report.steps = meter.steps
-        report.flops = meter.total + report.prepare_flops
-        report.flops_method = meter.method
-        report.final_losses = {k: float(v) for k, v in losses.items()}
-        report.seconds = time.perf_counter() - t0
+            if meter.over_budget:
+                break
+            if checkpoints is not None and (clock() - last_saved >= checkpoints.every_s or (
+                    checkpoints.every_steps and meter.steps % checkpoints.every_steps == 0)):
+                save(in_stage=True)
+                last_saved = clock()
+        if meter.over_budget:
+            raise BudgetExceeded(
+                f"stage {stage.name!r} used {meter.total:.4g} FLOPs (audited), more than its allowance "
+                f"{meter.allowance:.4g}: {meter.variation or 'a step cost more than any step before it'}"
+            )
+        report.stopped = stopped
+        report.seconds = clock() - t0
+        _fill(report, meter, losses)
+        if checkpoints is not None:
+            save(in_stage=bool(stopped))
         reports.append(report)
+        if stopped:
+            break
     method.train(False)
     return reports
+
+
+def _fill(report: StageReport, meter: StepMeter, losses: dict) -> None:
+    report.steps = meter.steps
+    report.flops = meter.total + report.prepare_flops
+    report.matmul_flops, report.element_ops = meter.matmul_flops, meter.element_ops
+    report.flops_method = meter.method
+    report.counted_steps = meter.counted_steps
+    report.final_losses = {k: float(v) for k, v in losses.items()}
