@@ -95,14 +95,15 @@ def save(policy: CheckpointPolicy, *, method, optimizers: dict, generator: torch
 
     folder = Path(policy.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"module.{k}": v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    tensors = {f"module.{k}": v.detach().cpu().contiguous().clone() for k, v in method.state_dict().items()}
     optim_meta = {}
     for name, opt in optimizers.items():
         sd = opt.state_dict()
         for idx, st in sd["state"].items():
             for key, value in st.items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{name}.{idx}.{key}"] = value.detach().contiguous().cpu()
+                    tensors[f"optim.{name}.{idx}.{key}"] = value.detach().cpu().contiguous().clone()
         optim_meta[name] = {"param_groups": sd["param_groups"],
                             "scalars": {str(i): {k: v for k, v in st.items() if not isinstance(v, torch.Tensor)}
                                         for i, st in sd["state"].items()}}
@@ -164,4 +165,9 @@ def remove(folder: Path) -> None:
     """Delete a run's checkpoint folder (after its record is written)."""
     import shutil
 
+    folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # the .checkpoints folder, once it holds no run's checkpoint
+    except OSError:
+        pass

@@ -10,7 +10,9 @@ a metric that cannot run here (missing optional weights) an entry with a
 Sampling cost, per sampler and NFE (``cost.sampling`` in the record):
 
 * a warm-up call of one sample (lazy initialisation, kernel selection, caches)
-  that is not timed;
+  that is not timed, during which the host counts the forward calls of the
+  method's networks (``nfe_counted``, the NFE of one sample): more than the
+  sampler declares (``nfe * calls_per_step``) fails the run;
 * ``latency_s``: wall time of one more single-sample call;
 * ``seconds`` and ``samples_per_s``: the call that draws the ``n`` evaluation
   samples (the method batches as it likes);
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
@@ -99,6 +102,11 @@ def metric_fingerprint_fields(metrics: list[Metric], ctx: EvalContext) -> dict:
     return out
 
 
+#: share of the evaluation cap the model-level metrics (the likelihood) may use; the
+#: sampler grid gets the rest, so a slow likelihood can never starve the samples
+MODEL_METRICS_SHARE = 0.35
+
+
 def evaluate(
     method: Method,
     dataset: Dataset,
@@ -108,50 +116,118 @@ def evaluate(
     cache_dir: str | None = None,
     deadline: float | None = None,
     ctx: EvalContext | None = None,
+    profile: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Return (metric entries, sampling costs).
 
     A metric entry is ``{name, value, sampler, nfe, metric, version, seconds}``
-    plus ``label`` (exact/bound) for model metrics and ``sampling_precision``
-    for sample metrics; ``error`` or ``skipped`` replace a value that could not
-    be computed. ``seconds`` is the time of the metric's whole group (shared by
-    its outputs).
+    plus ``split`` (``test``, or ``val`` for the copy scored against the
+    validation split, which boards choose settings on), ``nfe_counted`` and
+    ``sampling_precision`` for sample metrics, and ``label`` (exact / bound /
+    estimate) with ``stderr`` for the model's likelihood; ``error`` or
+    ``skipped`` replace a value that could not be computed. ``seconds`` is the
+    time of the metric's whole group (shared by its outputs). ``profile``, if
+    given, receives the seconds spent per phase.
     """
     device = method.device
     if ctx is None:
         ctx = eval_context(dataset, budget, seed, device, cache_dir)
+    val_ctx = ctx.for_split("val")
     n = ctx.n_samples
     precision = sampling_precision(method)
     entries: list[dict] = []
     costs: list[dict] = []
-    deadline = deadline if deadline is not None else time.monotonic() + budget.eval_cap_s
+    profile = profile if profile is not None else {}
+    start = time.monotonic()
+    cap = budget.eval_cap_s
+    deadline = deadline if deadline is not None else start + cap
 
+    model_ctx = replace(ctx, deadline=min(deadline, start + MODEL_METRICS_SHARE * cap))
     for metric in (m for m in metrics if m.kind == "model"):
-        entries += _run_metric(metric, ctx, sampler=None, nfe=None, method=method)
+        entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
+    profile["likelihood_s"] = time.monotonic() - start
 
     sample_metrics = [m for m in metrics if m.kind == "samples"]
+    profile.setdefault("sampling_s", 0.0)
+    profile.setdefault("sample_metrics_s", 0.0)
     for i, (sampler, nfe) in enumerate(sampler_grid(method, budget)):
         if time.monotonic() > deadline:
             # Keep what was measured; the settings not reached are recorded as such
             # (a run none of whose settings was reached fails in the runner).
             entries.append({"name": "*", "sampler": sampler, "nfe": nfe, "value": None,
-                            "error": f"not evaluated: evaluation cap of {budget.eval_cap_s:g}s reached"})
+                            "error": f"not evaluated: evaluation cap of {cap:g}s reached"})
             continue
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 101 * i + 17)
+        t0 = time.monotonic()
         try:
             cost = _timed_sampling(method, sampler, nfe, n, g, seed * 1_000_003 + 101 * i + 53)
             samples = check_samples(cost.pop("samples"), dataset)
+        except NFEMismatch:
+            raise  # the run misreports its cost: not a result to show
         except Exception as exc:  # noqa: BLE001 - a broken sampler is data, not a crash
             entries.append({"name": "*", "sampler": sampler, "nfe": nfe, "value": None, "error": one_line(exc)})
             continue
+        finally:
+            profile["sampling_s"] += time.monotonic() - t0
         cost["sampling_precision"] = precision
         costs.append(cost)
         samples = samples.cpu()
+        t0 = time.monotonic()
         for metric in sample_metrics:
-            for e in _run_metric(metric, ctx, sampler=sampler, nfe=nfe, samples=samples):
-                e["sampling_precision"] = precision
-                entries.append(e)
+            for split_ctx in (ctx, val_ctx):
+                for e in _run_metric(metric, split_ctx, sampler=sampler, nfe=nfe, samples=samples):
+                    e["sampling_precision"] = precision
+                    e["nfe_counted"] = cost["nfe_counted"]
+                    entries.append(e)
+        profile["sample_metrics_s"] += time.monotonic() - t0
     return entries, costs
+
+
+class NFEMismatch(RuntimeError):
+    """A sampler ran more network evaluations than it declares (one line)."""
+
+
+class _ForwardCounter:
+    """Counts forward calls of a method's networks (the modules ``modules()`` returns)."""
+
+    def __init__(self, method: Method):
+        self.calls = 0
+        self.handles = []
+        seen = set()
+        for module in method.modules().values():
+            if id(module) not in seen:
+                seen.add(id(module))
+                self.handles.append(module.register_forward_pre_hook(self._hook))
+
+    def _hook(self, module, args):
+        self.calls += 1
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def counted_nfe(method: Method, sampler: str, nfe: int, generator: torch.Generator) -> int:
+    """Network forward calls ``method.sample(1, sampler, nfe)`` makes: the NFE of one sample."""
+    counter = _ForwardCounter(method)
+    try:
+        method.sample(1, sampler, nfe, generator)
+    finally:
+        counter.close()
+    return counter.calls
+
+
+def check_nfe(method: Method, sampler: str, nfe: int, counted: int) -> None:
+    """Fail when a sampler's networks ran more often than it declares."""
+    info = method.sampler(sampler)
+    if info.adaptive:
+        return
+    declared = nfe * info.calls_per_step
+    if counted > declared + 1e-9:
+        raise NFEMismatch(
+            f"sampler {sampler!r} of {method.name!r} declared NFE {nfe} ({info.calls_per_step:g} network call(s) per step) "
+            f"but its networks ran {counted} forward calls for one sample; declare calls_per_step in its SamplerInfo"
+        )
 
 
 def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Generator, aux_seed: int) -> dict:
@@ -159,7 +235,8 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
     aux = torch.Generator(device=device).manual_seed(aux_seed)
     with torch.no_grad():
         _sync(device)
-        method.sample(1, sampler, nfe, aux)  # warm-up, not timed
+        nfe_counted = counted_nfe(method, sampler, nfe, aux)  # also the warm-up, not timed
+        check_nfe(method, sampler, nfe, nfe_counted)
         _sync(device)
         t0 = time.perf_counter()
         method.sample(1, sampler, nfe, aux)
@@ -174,6 +251,7 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
     cost = {
         "sampler": sampler,
         "nfe": nfe,
+        "nfe_counted": nfe_counted,
         "n": n,
         "seconds": seconds,
         "samples_per_s": n / max(seconds, 1e-9),
@@ -186,7 +264,11 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
 
 
 def _run_metric(metric: Metric, ctx: EvalContext, sampler, nfe, samples=None, method=None) -> list[dict]:
+    from gmbench.metrics.likelihood import STDERR
+
     base = {"metric": metric.name, "version": metric.version, "sampler": sampler, "nfe": nfe}
+    if metric.kind == "samples":
+        base["split"] = ctx.split
     t0 = time.perf_counter()
     try:
         values = metric.compute(ctx, samples=samples, method=method)
@@ -195,14 +277,18 @@ def _run_metric(metric: Metric, ctx: EvalContext, sampler, nfe, samples=None, me
     except Exception as exc:  # noqa: BLE001
         return [{**base, "name": metric.name, "value": None, "error": one_line(exc), "seconds": time.perf_counter() - t0}]
     seconds = time.perf_counter() - t0
+    values = dict(values)
+    stderr = values.pop(STDERR, None)
     out = []
-    for name, value in values.items():
+    for i, (name, value) in enumerate(values.items()):
         value = None if value is None else float(value)
         entry = {**base, "name": name, "value": value, "seconds": seconds}
         if value is not None and not math.isfinite(value):  # JSON records hold no NaN/inf
             entry.update(value=None, error=f"{metric.name} returned {value} for {name}")
         if metric.kind == "model" and method is not None:
             entry["label"] = method.likelihood
+            if i == 0 and stderr is not None and math.isfinite(stderr):
+                entry["stderr"] = stderr  # the unified likelihood (first output) carries its standard error
         out.append(entry)
     return out
 

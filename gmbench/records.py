@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed")
+#: ok; failed (with ``error``); incomplete (training stopped at the wall-clock cap, then
+#: evaluated; ``budget_spent`` says how much of the budget it used; ``--resume`` continues it)
+STATUSES = ("ok", "failed", "incomplete")
+ATTEMPTS_DIR = "attempts"
 
 
 class RecordError(ValueError):
@@ -93,11 +96,42 @@ def fingerprint(fields: dict) -> str:
 
 
 def write_record(out_dir: str | Path, spec: RunSpec, record: dict) -> Path:
-    """Write ``record`` atomically; return its path."""
+    """Write ``record`` atomically; return where it went.
+
+    Nothing is ever lost: a record that is not ``ok`` never replaces an ``ok``
+    record of the same spec (it goes to ``attempts/`` instead), and a record
+    that replaces another moves the old one to ``attempts/`` first.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / spec.filename
+    # serialised before anything moves: a record that cannot be written displaces nothing
     text = json.dumps(record, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    if path.exists():
+        try:
+            previous_ok = load_record(path).get("status") == "ok"
+        except RecordError:
+            previous_ok = False
+        if previous_ok and record.get("status") != "ok":
+            return _write_json(_attempt_path(out_dir, spec), text)
+        os.replace(path, _attempt_path(out_dir, spec))
+    return _write_json(path, text)
+
+
+def _attempt_path(out_dir: Path, spec: RunSpec) -> Path:
+    """A fresh name under ``out_dir/attempts/`` for one attempt of ``spec``."""
+    import time
+
+    folder = out_dir / ATTEMPTS_DIR
+    folder.mkdir(exist_ok=True)
+    stem, n = Path(spec.filename).stem, time.time_ns()
+    while (folder / f"{stem}__{n}.json").exists():
+        n += 1
+    return folder / f"{stem}__{n}.json"
+
+
+def _write_json(path: Path, text: str) -> Path:
+    out_dir = path.parent
     # ".part", not ".json": no glob for records ever matches a half-written file
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json.part", dir=out_dir)
     try:
@@ -148,7 +182,7 @@ def load_records(paths, strict: bool = False) -> tuple[list[dict], list[str]]:
         p = Path(p)
         if not p.exists():
             raise RecordError(f"no such results path: {p}")
-        files = sorted(p.glob("*.json")) if p.is_dir() else [p]
+        files = sorted(p.glob("*.json")) if p.is_dir() else [p]  # attempts/ holds superseded records: not read
         for f in files:
             if f.name.startswith(".tmp-"):
                 continue
@@ -162,17 +196,51 @@ def load_records(paths, strict: bool = False) -> tuple[list[dict], list[str]]:
 
 
 def finished(out_dir: str | Path, spec: RunSpec) -> bool:
-    """True when a readable record for ``spec`` exists (used by --resume).
+    """True when an ``ok`` record for ``spec`` exists: failed and incomplete runs are redone."""
+    return record_status(out_dir, spec) == "ok"
 
-    Failed runs count as finished only if ``status == 'ok'``: resume retries them.
-    """
+
+def record_status(out_dir: str | Path, spec: RunSpec) -> str | None:
+    """Status of the record of ``spec`` in ``out_dir`` (None: none, or unreadable)."""
     path = Path(out_dir) / spec.filename
     if not path.exists():
-        return False
+        return None
     try:
-        return load_record(path).get("status") == "ok"
+        return load_record(path).get("status")
     except RecordError:
-        return False
+        return None
+
+
+class SpecLock:
+    """An exclusive lock on one spec in one results folder (``.locks/<hash>.lock``, flock).
+
+    Two ``gmbench run`` processes writing into one ``--out`` never run (or write)
+    the same spec at once: the second skips it. The kernel releases the lock when
+    its process dies, so a killed run never leaves a stale lock. (flock needs a
+    local filesystem or one that supports it; on NFS use one writer per folder.)
+    """
+
+    def __init__(self, out_dir: str | Path, spec: RunSpec):
+        self.path = Path(out_dir) / ".locks" / f"{spec.spec_hash}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
 
 
 @lru_cache(maxsize=1)

@@ -25,9 +25,24 @@ from gmbench.execution.precision import autocast, autocast_sampling
 from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
 from gmbench.method import validate_method_class
 from gmbench.plugins import Registries
-from gmbench.records import SCHEMA_VERSION, RunSpec, finished, fingerprint, provenance, write_record
+from gmbench import checkpointing
+from gmbench.checkpointing import CheckpointPolicy
+from gmbench.records import SCHEMA_VERSION, RunSpec, SpecLock, finished, fingerprint, provenance, write_record
 from gmbench.registry import RegistryError
 from gmbench.training import train
+
+
+CHECKPOINTS_DIR = ".checkpoints"
+#: a run writes a training checkpoint at least this often (and at every stage end)
+CHECKPOINT_EVERY_S = 60.0
+
+
+def _checkpoint_every_steps() -> int | None:
+    """``$GMBENCH_CHECKPOINT_EVERY_STEPS``: also checkpoint every N steps (tests of preemption)."""
+    import os
+
+    raw = os.environ.get("GMBENCH_CHECKPOINT_EVERY_STEPS", "").strip()
+    return int(raw) if raw else None
 
 
 @dataclass
@@ -107,6 +122,11 @@ def failure_message(exc: BaseException) -> str:
     return memory_error_message(exc) or one_line(exc)
 
 
+def checkpoint_folder(out_dir: str | Path, spec: RunSpec) -> Path:
+    """Where a run's training checkpoints live while it is unfinished (``<out>/.checkpoints/<record name>/``)."""
+    return Path(out_dir) / CHECKPOINTS_DIR / Path(spec.filename).stem
+
+
 def run_one(
     spec: RunSpec,
     reg: Registries,
@@ -116,25 +136,39 @@ def run_one(
 ) -> dict:
     """Train (or load), sample and score one run; write and return its record.
 
-    With ``checkpoint_dir`` the trained weights are saved there as safetensors
+    Training continues from the run's checkpoint in ``<out>/.checkpoints/`` when
+    there is one (``run_all`` removes them first unless resuming); the checkpoint
+    is removed once the record is written, except for an ``incomplete`` run,
+    which ``--resume`` continues. A spec locked by another process is skipped:
+    the returned dict has ``status: "skipped"`` and nothing is written. With
+    ``checkpoint_dir`` the trained weights are saved there as safetensors
     (see :mod:`gmbench.loading`), so ``gmbench run --load`` can evaluate them again.
     """
     record = new_record(spec)
-    _notify(reg, "gmbench_run_start", spec=spec)
+    lock = SpecLock(out_dir, spec)
+    if not lock.acquire():
+        record.update(status="skipped", error=f"another gmbench process is running this spec in {out_dir}")
+        return record
     try:
-        _execute(spec, reg, record, cache_dir, checkpoint_dir)
-        _require_sample_metrics(record["metrics"])
-        record["status"] = "ok"
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - isolation: anything a plugin does is a failed record
-        record["status"] = "failed"
-        record["error"] = failure_message(exc)
-        record["traceback"] = traceback.format_exc(limit=20)
+        _notify(reg, "gmbench_run_start", spec=spec)
+        try:
+            _execute(spec, reg, record, cache_dir, checkpoint_dir, checkpoint_folder(out_dir, spec))
+            _require_sample_metrics(record["metrics"])
+            record["status"] = "incomplete" if (record.get("train") or {}).get("stopped") else "ok"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - isolation: anything a plugin does is a failed record
+            record["status"] = "failed"
+            record["error"] = failure_message(exc)
+            record["traceback"] = traceback.format_exc(limit=20)
+        finally:
+            gc.collect()
+        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_record(out_dir, spec, record)
+        if record["status"] != "incomplete":
+            checkpointing.remove(checkpoint_folder(out_dir, spec))
     finally:
-        gc.collect()
-    record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_record(out_dir, spec, record)
+        lock.release()
     _notify(reg, "gmbench_run_finish", spec=spec, record=record)
     return record
 
@@ -152,7 +186,8 @@ def _require_sample_metrics(entries: list[dict]) -> None:
         raise RuntimeError("no metric could be computed")
 
 
-def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None, checkpoint_dir=None) -> None:
+def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None, checkpoint_dir=None,
+             training_checkpoints: Path | None = None) -> None:
     budget = reg.budgets.get(spec.budget)
     cls = reg.methods.get(spec.method)
     validate_method_class(cls)
@@ -186,22 +221,34 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     if spec.load:  # evaluate given weights: no training, no training cost claimed
         record["load"] = load_weights(method, spec.load)
     else:
+        policy = None
+        if training_checkpoints is not None:
+            policy = CheckpointPolicy(training_checkpoints, every_s=CHECKPOINT_EVERY_S, resume=True,
+                                      every_steps=_checkpoint_every_steps())
+            record["resumed"] = checkpointing.load(training_checkpoints) is not None
         t0 = time.perf_counter()
         with autocast(device, spec.precision):
-            stages = train(method, dataset.split("train").x, budget, modality, generator)
+            stages = train(method, dataset.split("train").x, budget, modality, generator, checkpoints=policy)
         train_seconds = time.perf_counter() - t0
+        flops, allowed = sum(s.flops for s in stages), budget.flops_for(modality)
         record["train"] = {
             "stages": [s.to_dict() for s in stages],
             "steps": sum(s.steps for s in stages),
-            "flops": sum(s.flops for s in stages),
-            "flops_allowed": budget.flops_for(modality),
-            "seconds": train_seconds,
+            "flops": flops,
+            "flops_allowed": allowed,
+            "budget_spent": flops / allowed,
+            "seconds": sum(s.seconds for s in stages),  # across resumed attempts
+            "stopped": next((s.stopped for s in stages if s.stopped), ""),
+            "wall_clock_cap_s": budget.train_cap_for(modality, device.type),
         }
+        if record["train"]["stopped"]:
+            record["budget_spent"] = record["train"]["budget_spent"]
         if checkpoint_dir is not None:
             record["checkpoint"] = save_checkpoint(method, checkpoint_path(checkpoint_dir, spec), {"spec": spec.key()})
     autocast_sampling(method, spec.precision)
     t0 = time.perf_counter()
-    entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, ctx=ctx)
+    profile = {"train_s": train_seconds}
+    entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, ctx=ctx, profile=profile)
     eval_seconds = time.perf_counter() - t0
     record["metrics"] = entries
     record["cost"] = {
@@ -210,6 +257,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "sampling": sampling,
+        "profile": profile,
         "peak_memory": _peak_memory_mb(device),
     }
 
@@ -236,29 +284,38 @@ def run_all(
     resume: bool = False,
     on_record: Callable[[RunSpec, dict | None, int, int], None] | None = None,
     executor=None,
+    force: bool = False,
 ) -> list[dict]:
     """Run every spec of ``matrix`` with ``executor`` (default: in-process, in order).
 
-    ``resume`` skips specs that already have an ok record, so failed and
-    missing runs are exactly what is redone. ``on_record(spec, record, i, n)``
-    is called as runs finish (``record=None`` for a skipped one). Executors
-    live in :mod:`gmbench.execution`.
+    Specs with an ``ok`` record in ``out_dir`` are skipped (``on_record`` gets
+    ``record=None``) unless ``force``: then they run again and the old record
+    moves to ``attempts/``. Everything else runs; with ``resume`` an interrupted
+    or incomplete run continues from its last training checkpoint, without it
+    leftover checkpoints are removed first and the run starts from zero.
+    ``on_record(spec, record, i, n)`` is called as runs finish. Executors live
+    in :mod:`gmbench.execution`.
     """
     from gmbench.execution.base import remove_stale_temp_files
     from gmbench.execution.inprocess import InProcessExecutor
 
     executor = executor or InProcessExecutor()
-    if resume and Path(out_dir).is_dir():
+    if Path(out_dir).is_dir():
         remove_stale_temp_files(out_dir)
     total = len(matrix.specs)
     pending, done = [], 0
     for spec in matrix.specs:
-        if resume and finished(out_dir, spec):
+        if not force and finished(out_dir, spec):
             done += 1
             if on_record:
                 on_record(spec, None, done, total)
-        else:
-            pending.append(spec)
+            continue
+        if not resume:
+            lock = SpecLock(out_dir, spec)
+            if lock.acquire():  # never pull a checkpoint from under a run in another process
+                checkpointing.remove(checkpoint_folder(out_dir, spec))
+                lock.release()
+        pending.append(spec)
 
     def report(spec: RunSpec, rec: dict) -> None:
         nonlocal done

@@ -15,7 +15,7 @@ from gmbench.data.toy2d import EightGaussians
 from gmbench.evaluate import evaluate
 from gmbench.method import Method, OptimizerSpec, SamplerInfo, Stage
 from gmbench.metrics.base import EvalContext
-from gmbench.metrics.likelihood import HeldOutLikelihood
+from gmbench.metrics.likelihood import STDERR, HeldOutLikelihood
 from tests.plugins.fake_methods import TINY_BUDGET
 
 
@@ -92,8 +92,12 @@ def test_true_source_as_model_has_zero_bpc_gap_and_positive_rate_gap():
 def test_toy2d_nll_is_in_nats_per_point():
     ds = EightGaussians()
     out = _score(ds, Oracle(ds.spec(), ds.log_prob))
-    expected = float(-ds.log_prob(ds.split("test").x[:2000]).double().mean())
-    assert out == {"test_nll": pytest.approx(expected, rel=1e-6)}
+    logp = ds.log_prob(ds.split("test").x[:2000]).double()
+    expected = float(-logp.mean())
+    # beside the value, the standard error of the mean over the test points (evaluate() moves it
+    # into the entry's ``stderr``)
+    assert out == {"test_nll": pytest.approx(expected, rel=1e-6),
+                   STDERR: pytest.approx(float(logp.std()) / math.sqrt(2000), rel=1e-4)}
 
 
 def test_labels_pass_through_and_methods_without_likelihood_are_skipped():

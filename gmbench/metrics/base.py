@@ -79,6 +79,11 @@ class EvalContext:
             ``gmbench_register_feature_extractors`` (``None``: the built-ins).
         memo: per-evaluation scratch space, so a metric computes data-side
             statistics once per run rather than once per sampler and NFE.
+        split: the held-out split samples are compared with: ``"test"`` (what
+            boards report) or ``"val"`` (what the suite chooses settings on; see
+            :meth:`for_split`). ``ctx.test`` is that split's examples.
+        deadline: ``time.monotonic()`` value after which a long metric (the model's
+            likelihood) should stop and raise :class:`MetricSkipped` (None: none).
     """
 
     dataset: "Dataset"
@@ -90,10 +95,23 @@ class EvalContext:
     budget: "Budget | None" = None
     extractors: dict | None = None
     memo: dict = field(default_factory=dict)
+    split: str = "test"
+    deadline: float | None = None
 
     @property
     def test(self) -> torch.Tensor:
-        return self.dataset.split("test").x
+        """The held-out reference examples (the ``split`` this context scores against)."""
+        return self.dataset.split(self.split).x
+
+    def for_split(self, split: str) -> "EvalContext":
+        """This context scoring against ``split``, with its own memo (data-side statistics
+        differ per split); FID's reference becomes that split too."""
+        from dataclasses import replace
+
+        options = dict(self.options)
+        if split != "test":
+            options["fid_reference_split"] = split
+        return replace(self, split=split, memo={}, options=options)
 
     def cache_path(self, *parts: str, folder: bool = False) -> Path:
         """A path under the cache root; its folder (or, with ``folder``, itself) is created."""

@@ -16,8 +16,13 @@ metric converts them to a comparable unit and labels them exact or bound:
   asymptotic floor; short windows that start mid-word cost a perfect model a
   little more than the rate, so this gap stays slightly positive even then).
 
-Every value carries the method's label (``exact`` or ``bound``): a bound's
-gap is a bound too. ``max_examples`` test examples are used (the first ones of
+Every value carries the method's label (``exact``, ``bound`` or ``estimate``):
+a bound's gap is a bound too. The unified value's entry also carries
+``stderr``, the standard error of the mean over the test examples (for an
+``estimate`` it includes the estimator's own noise, since each example's value
+is one unbiased draw); boards print estimates as ``≈ value ± stderr``. The
+likelihood stops between batches once it passes its share of the evaluation
+cap (``EvalContext.deadline``) and is recorded as not evaluated, with why. ``max_examples`` test examples are used (the first ones of
 the fixed test split), with dequantisation noise from a generator seeded by
 the run's seed.
 """
@@ -31,6 +36,9 @@ import torch
 from gmbench.metrics.base import EvalContext, Metric, MetricOutput, MetricSkipped
 
 UNIT = {"toy2d": "test_nll", "image": "test_bpd", "text": "test_bpc"}
+#: key of the standard error that ``score_model`` returns beside the value; the evaluator
+#: moves it into the unified likelihood entry's ``stderr`` (not a metric output of its own)
+STDERR = "_stderr"
 
 
 class HeldOutLikelihood(Metric):
@@ -66,9 +74,15 @@ class HeldOutLikelihood(Metric):
         if spec.modality == "image":
             lo, hi = spec.value_range
             delta = (hi - lo) / (spec.levels - 1)
-        total = 0.0
+        import time
+
+        values = []
         with torch.no_grad():
-            for chunk in x.split(self.batch_size):
+            for i, chunk in enumerate(x.split(self.batch_size)):
+                if ctx.deadline is not None and i and time.monotonic() > ctx.deadline:
+                    raise MetricSkipped(
+                        f"not evaluated: the likelihood used up its share of the evaluation cap after "
+                        f"{i * self.batch_size} of {len(x)} test examples (raise GMBENCH_CAP_SCALE or the budget's eval cap)")
                 if delta is not None:  # uniform dequantisation within each pixel's bin
                     u = torch.rand(chunk.shape, generator=g, device=chunk.device)
                     chunk = chunk + (u - 0.5) * delta
@@ -77,15 +91,19 @@ class HeldOutLikelihood(Metric):
                     raise ValueError(f"log_likelihood returned shape {tuple(ll.shape)}, expected ({chunk.shape[0]},)")
                 if not torch.isfinite(ll).all():
                     raise ValueError("log_likelihood returned NaN or inf")
-                total += float(ll.sum())
-        nll = -total / len(x)
+                values.append(ll)
+        ll = torch.cat(values)
+        nll = -float(ll.mean())
+        # standard error of the mean over test examples, in the reported unit
+        stderr = float(ll.std()) / math.sqrt(len(ll)) if len(ll) > 1 else None
         dims = spec.dims
         if spec.modality == "toy2d":
-            return {"test_nll": nll}
+            return {"test_nll": nll, STDERR: stderr}
         if spec.modality == "image":
-            return {"test_bpd": (nll - dims * math.log(delta)) / (dims * math.log(2))}
+            return {"test_bpd": (nll - dims * math.log(delta)) / (dims * math.log(2)),
+                    STDERR: None if stderr is None else stderr / (dims * math.log(2))}
         bpc = nll / (dims * math.log(2))
-        out = {"test_bpc": bpc}
+        out = {"test_bpc": bpc, STDERR: None if stderr is None else stderr / (dims * math.log(2))}
         rate = ctx.dataset.entropy_rate_bits()
         if rate is not None:
             true_logp = ctx.dataset.log_prob(x.cpu())
