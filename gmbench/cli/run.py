@@ -15,7 +15,10 @@ from tabulate import tabulate
 @click.option("--budget", default="small", show_default=True, help="Budget preset (see `gmbench budgets list`).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, or a count like '3x' for 0,1,2.")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Directory for run records.")
-@click.option("--resume", is_flag=True, help="Skip runs that already have an ok record in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue interrupted and incomplete runs from their last training checkpoint (else they restart).")
+@click.option("--force", is_flag=True,
+              help="Re-run specs that already have an ok record in --out (the old record is kept in attempts/).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--online", is_flag=True, help="Allow hub datasets to be downloaded.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -23,6 +26,9 @@ from tabulate import tabulate
 @click.option("--jobs", type=int, default=None, help="Run N runs at a time in isolated worker processes (local executor).")
 @click.option("--ray-address", default=None, help="Existing Ray cluster (host:port or 'auto'); default starts a local Ray.")
 @click.option("--cpus-per-run", type=float, default=1, show_default=True, help="CPUs Ray reserves per run (and its torch threads).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch intra-op threads per run [default: the CPUs this process may use (affinity, cgroup quota) "
+                   "divided by --jobs, or --cpus-per-run under Ray].")
 @click.option("--gpus-per-run", type=float, default=None, help="GPUs Ray reserves per run [default: 1 with --device cuda, else 0].")
 @click.option("--memory-cap-mb", type=int, default=None, help="Per-run memory cap in worker processes (address space beyond start-up).")
 @click.option("--grace", "grace_s", type=float, default=60, show_default=True,
@@ -36,8 +42,11 @@ from tabulate import tabulate
               help="Set a method hyper-parameter, e.g. vae.iw_samples=64 (repeatable; JSON values, else strings).")
 @click.option("--save-checkpoints", "checkpoint_dir", default=None, type=click.Path(file_okay=False),
               help="Save each trained run's weights here (safetensors), for --load.")
-def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, executor, jobs, ray_address, cpus_per_run,
-        gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, settings, checkpoint_dir) -> None:
+@click.option("--fid-reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Split image FID compares against (part of the fingerprint; docs/metrics.md).")
+def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online, executor, jobs, ray_address, cpus_per_run,
+        threads, gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, settings, checkpoint_dir,
+        fid_reference) -> None:
     """Run every selected method on every dataset it supports, then rank them."""
     from gmbench.execution import ExecutionError, RunOptions, make_executor
     from gmbench.plugins import Registries
@@ -51,6 +60,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, execu
         raise click.ClickException("nothing to run: no selected method supports the selected datasets")
     matrix.specs = _configure(matrix.specs, precision, _parse_loads(loads, {s.method for s in matrix.specs}))
     matrix.specs = _apply_settings(matrix.specs, _parse_settings(settings, {s.method for s in matrix.specs}))
+    matrix.specs = _apply_fid_reference(reg, matrix.specs, fid_reference)
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
                                    "of it); leave it out: GPU out-of-memory errors become failed records anyway")
@@ -58,18 +68,25 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, execu
         raise click.ClickException("--device: under Ray use --device cuda, not cuda:N: Ray assigns each run its GPU")
     if gpus_per_run is None:
         gpus_per_run = 1 if device.startswith("cuda") else 0
-    options = RunOptions(checkpoint_dir=checkpoint_dir, memory_cap_mb=memory_cap_mb, grace_s=grace_s, deterministic=deterministic)
+    options = RunOptions(checkpoint_dir=checkpoint_dir, memory_cap_mb=memory_cap_mb, grace_s=grace_s, deterministic=deterministic,
+                         threads=threads)
     try:
         runner = make_executor(executor, jobs=jobs, options=options, ray_address=ray_address,
                                cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
     except ExecutionError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"gmbench: {len(matrix.specs)} runs at budget {budget!r} -> {Path(out_dir).resolve()}")
+    _say_what_happens_to_existing(matrix.specs, out_dir, resume, force)
 
     def progress(spec, rec, i, total):
         head = f"[{i}/{total}] {spec.method} on {spec.dataset} seed {spec.seed}"
         if rec is None:
-            click.echo(f"{head}: already done (resume)")
+            click.echo(f"{head}: already done (ok record kept; --force re-runs it)")
+        elif rec["status"] == "skipped":
+            click.echo(f"{head}: skipped: {rec['error']}", err=True)
+        elif rec["status"] == "incomplete":
+            click.echo(f"{head}: INCOMPLETE ({rec['train']['budget_spent']:.0%} of the budget): "
+                       f"{rec['train']['stopped']}; evaluated anyway, `--resume` continues it", err=True)
         elif rec["status"] == "ok" and rec.get("train") is None:
             click.echo(f"{head}: ok (loaded {Path(rec['load']['path']).name})")
         elif rec["status"] == "ok":
@@ -79,14 +96,32 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, device, online, execu
 
     try:
         with runner:
-            records = run_all(matrix, reg, out_dir, resume=resume, on_record=progress, executor=runner)
+            records = run_all(matrix, reg, out_dir, resume=resume, on_record=progress, executor=runner, force=force)
     except ExecutionError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("")
     click.echo(summary_table(reg, out_dir, [s.spec_hash for s in matrix.specs]))
-    failed = [r for r in records if r["status"] != "ok"]
-    if failed:
-        click.echo(f"{len(failed)} run(s) failed; see their records in {out_dir}", err=True)
+    counts = {k: sum(r["status"] == k for r in records) for k in ("ok", "failed", "incomplete", "skipped")}
+    if counts["failed"] or counts["incomplete"]:
+        click.echo(f"some runs did not finish ok; see their records in {out_dir}", err=True)
+    click.echo(f"gmbench: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete, "
+               f"{counts['skipped']} skipped (running elsewhere), {len(matrix.specs) - len(records)} already done")
+
+
+def _say_what_happens_to_existing(specs, out_dir, resume: bool, force: bool) -> None:
+    """One line on what this command does with the records and checkpoints already in ``out_dir``."""
+    from gmbench.records import record_status
+
+    statuses = [record_status(out_dir, s) for s in specs] if Path(out_dir).is_dir() else []
+    ok = sum(st == "ok" for st in statuses)
+    unfinished = sum(st in ("failed", "incomplete") for st in statuses)
+    if ok:
+        click.echo(f"gmbench: {ok} run(s) already have an ok record in {out_dir}: "
+                   + ("re-running them (--force; old records go to attempts/)" if force else "kept and skipped (--force re-runs them)"))
+    if unfinished:
+        click.echo(f"gmbench: {unfinished} failed or incomplete run(s) there: "
+                   + ("continuing from their checkpoints where they have one (--resume)" if resume
+                      else "restarting them from zero (--resume continues from checkpoints)"))
 
 
 def _parse_loads(loads: tuple[str, ...], methods: set[str]) -> dict[str, str]:
@@ -141,6 +176,25 @@ def _apply_settings(specs, settings: dict[str, dict]):
         replace(s, hparams=tuple(sorted({**dict(s.hparams), **settings[s.method]}.items()))) if s.method in settings else s
         for s in specs
     ]
+
+
+def _apply_fid_reference(reg, specs, split: str):
+    """``--fid-reference`` into the image runs' ``eval_options`` (the metrics' context and
+    fingerprint); the default adds nothing, and other modalities are left alone, so their
+    spec hashes (and ``--resume``) are unchanged."""
+    from dataclasses import replace
+
+    from gmbench.cli.eval import fid_reference_options
+
+    extra = fid_reference_options(split)
+    if not extra:
+        return specs
+
+    def is_image(token: str) -> bool:
+        return getattr(reg.datasets.get(token.partition(":")[0]), "modality", "image") == "image"
+
+    return [replace(s, eval_options=tuple(sorted({**dict(s.eval_options), **extra}.items()))) if is_image(s.dataset) else s
+            for s in specs]
 
 
 def _parse_seeds(text: str) -> list[int]:
