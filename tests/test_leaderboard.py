@@ -40,7 +40,7 @@ def make_record(method, seed, values, *, dataset="8gaussians", budget="tiny", st
                            "value": value, "label": label})
         if len(likelihood) > 3:
             metrics[0]["stderr"] = likelihood[3]
-    settings = sorted({(key[1], key[2]) for key in values})
+    settings = sorted({(key[1], key[2]) for key in values if key[1] is not None})
     return {
         "schema": 1, "method": method, "dataset": dataset, "budget": budget, "seed": seed,
         "hparams": hparams or {}, "status": status, "error": error,
@@ -319,3 +319,177 @@ def test_likelihood_column_prefers_the_unified_likelihood_over_derived_numbers()
 
     v = pd.DataFrame({"name": ["entropy_rate_gap_bpc", "test_bpc"], "value": [1.9, 2.6], "label": ["bound", "bound"]})
     assert _likelihood(v)["name"] == "test_bpc" and _likelihood(v)["mean"] == 2.6
+
+
+# -- trustworthy boards: selection, ties, labels, unranked rows, provenance -------------------
+
+
+def board_rows(tmp_path, recs, **kw) -> tuple[str, list[dict]]:
+    """Write the board of ``recs``; return its page and its main table as {header: cell} rows."""
+    write_leaderboards(recs, tmp_path, _registries(), **kw)
+    page = (tmp_path / "8gaussians__tiny.md").read_text()
+    table = table_rows(page, "#")
+    headers = cells(table[0])
+    return page, [dict(zip(headers, cells(r))) for r in table[2:]]
+
+
+def test_setting_is_chosen_on_validation_and_the_test_value_is_reported(tmp_path):
+    from gmbench.ranking import best_entry
+    from gmbench.stats import seed_values
+
+    # on test NFE 10 looks best; validation prefers NFE 50, and the board must follow validation
+    recs = [make_record("m", seed, {("swd", "s", 10): t10, ("swd", "s", 50): t50,
+                                    ("swd", "s", 10, "val"): v10, ("swd", "s", 50, "val"): v50})
+            for seed, (t10, t50, v10, v50) in enumerate([(0.1, 0.5, 0.9, 0.3), (0.2, 0.6, 0.8, 0.4)])]
+    page, (row,) = board_rows(tmp_path, recs)
+    assert row["sampler @ NFE"] == "s @ 50" and row["swd"].startswith("0.55 ± ") and row["chosen on"] == "validation"
+    nfe = {cells(r)[0]: cells(r)[2:] for r in table_rows(page, "method|sampler")[2:]}
+    assert nfe["m"][0].startswith("0.15 ± ") and nfe["m"][1].startswith("0.55 ± ")  # test values only
+    assert "0.85" not in page and "0.35" not in page  # validation means never reach a table
+    assert best_entry(recs[0], "swd", "lower")["value"] == 0.5  # the run summary's choice, one record
+    assert seed_values(recs, "m", "8gaussians", "swd") == {0: 0.5, 1: 0.6}
+
+
+def test_records_without_validation_values_are_chosen_on_test_and_say_so(tmp_path):
+    _, (row,) = board_rows(tmp_path, [make_record("m", 0, {("swd", "s", 10): 0.4, ("swd", "s", 50): 0.2})])
+    assert row["sampler @ NFE"] == "s @ 50" and row["chosen on"] == "test (no validation values)"
+
+
+def test_ranks_come_in_groups_by_the_paired_test(tmp_path):
+    per_seed = {"a": (0.10, 0.20, 0.30),
+                "b": (0.50, 0.62, 0.71),  # worse than a by ~0.41 on every seed: separated
+                "c": (0.52, 0.58, 0.75),  # within seed noise of b: tied
+                "d": (0.90, 1.00, 1.10)}  # worse than c on every seed: separated
+    recs = [make_record(m, seed, {("swd", "s", 1): v}) for m, vs in per_seed.items() for seed, v in enumerate(vs)]
+    page, rows = board_rows(tmp_path, recs)
+    assert [(r["#"], r["method"]) for r in rows] == [("1", "a"), ("2", "b"), ("2", "c"), ("4", "d")]
+    p = {r["method"]: float(r["vs above"].split("p = ")[1].rstrip(")")) for r in rows[1:]}
+    assert rows[1]["vs above"].startswith("worse") and rows[2]["vs above"].startswith("tied")
+    assert p["b"] < 0.05 and p["c"] > 0.05 and p["d"] < 0.05
+    assert "paired t-test" in page and "not tested" not in page
+
+
+def test_one_seed_ranks_are_marked_not_tested(tmp_path):
+    recs = [make_record(m, 0, {("swd", "s", 1): v}) for m, v in (("a", 0.1), ("b", 0.2), ("c", 0.3))]
+    page, rows = board_rows(tmp_path, recs)
+    assert [r["#"] for r in rows] == ["1", "2‡", "3‡"]
+    assert "Ranks marked ‡ are **not tested**" in page and "gives rank groups" not in page
+
+
+def test_likelihood_labels_are_printed_distinctly(tmp_path):
+    recs = [make_record("exact", 0, {("swd", "s", 1): 0.1}, likelihood=("test_nll", 1.5, "exact")),
+            make_record("bound", 0, {("swd", "s", 1): 0.2}, likelihood=("test_nll", 2.0, "bound")),
+            make_record("est", 0, {("swd", "s", 1): 0.3}, likelihood=("test_nll", 2.3, "estimate", 0.03)),
+            make_record("est", 1, {("swd", "s", 1): 0.3}, likelihood=("test_nll", 2.5, "estimate", 0.04)),
+            make_record("none", 0, {("swd", "s", 1): 0.4}, likelihood=None)]
+    page, rows = board_rows(tmp_path, recs)
+    lk = {r["method"]: r["likelihood"] for r in rows}
+    assert lk["exact"] == "1.5 (n=1) test\\_nll, exact"
+    assert lk["bound"] == "≤ 2 (n=1) test\\_nll, bound"
+    # stderr of the mean of two independent estimates: sqrt(0.03² + 0.04²) / 2 = 0.025
+    assert lk["est"].startswith("≈ 2.4 ± 0.025 stderr; seeds ± ") and lk["est"].endswith("n=2 test\\_nll, estimate")
+    assert lk["none"] == "none"
+    assert "≤ = an upper bound" in page and "≈ = an unbiased stochastic estimate ± its standard error" in page
+
+
+def test_incomplete_runs_are_shown_marked_and_unranked(tmp_path):
+    recs = [make_record("cut", 0, {("swd", "s", 1): 0.05}, status="incomplete", budget_spent=0.36),
+            make_record("part", 0, {("swd", "s", 1): 0.3}), make_record("part", 1, {("swd", "s", 1): 0.4}),
+            make_record("part", 2, {("swd", "s", 1): 0.01}, status="incomplete", budget_spent=0.5),
+            make_record("other", 0, {("swd", "s", 1): 0.6}), make_record("other", 1, {("swd", "s", 1): 0.75})]
+    page, rows = board_rows(tmp_path, recs)
+    by = {r["method"]: r for r in rows}
+    assert [r["method"] for r in rows] == ["part", "other", "cut"]  # the best value is not ranked first
+    assert by["cut"]["#"] == "—" and by["cut"]["status"] == "incomplete (36% of budget)"
+    assert by["cut"]["swd"] == "0.05 (n=1)"  # scored, shown, never ranked
+    assert by["part"]["#"] == "1" and by["part"]["swd"].endswith("(n=2)") and by["part"]["swd"].startswith("0.35 ± ")
+    assert by["part"]["status"] == "incomplete (1/3 seeds, 50% of budget)" and by["part"]["seeds ok"] == "2/3"
+    assert "## Failed runs" not in page and "they are never ranked" in page
+
+
+def test_counted_nfe_is_shown_where_recorded(tmp_path):
+    recs = [make_record("ode", 0, {("swd", "dopri", 10): 0.2}, entry_extra={("swd", "dopri", 10): {"nfe_counted": 62}}),
+            make_record("plain", 0, {("swd", "euler", 10): 0.3})]
+    _, rows = board_rows(tmp_path, recs)
+    assert {r["method"]: r["sampler @ NFE"] for r in rows} == {"ode": "dopri @ 62", "plain": "euler @ 10"}
+
+
+def test_memorising_runs_are_flagged(tmp_path):
+    recs = [make_record("copycat", 0, {("swd", "s", 1): 0.1, ("copy_share", "s", 1): 0.8}),
+            make_record("honest", 0, {("swd", "s", 1): 0.2, ("copy_share", "s", 1): 0.04})]
+    page, rows = board_rows(tmp_path, recs)
+    assert {r["method"]: r["copies"] for r in rows} == {"copycat": "0.8 memorised", "honest": "0.04"}
+    assert "above 0.5 the run is marked memorised" in page
+    _, rows = board_rows(tmp_path / "plain", standard_records())
+    assert "copies" not in rows[0]  # no copy_share recorded: no column
+
+
+@pytest.mark.parametrize("revisions, flags, message", [
+    (["abc123-dirty"], [], "1 of 6 record(s) were made from a git tree with uncommitted changes"),
+    (["abc123-dirty"], ["--allow-dirty"], "the records come from 2 git revisions (abc123, abc123-dirty)"),
+    (["def456"], [], "the records come from 2 git revisions"),
+])
+def test_dirty_trees_and_mixed_revisions_are_refused_unless_allowed(tmp_path, revisions, flags, message):
+    recs = standard_records()
+    recs[0] = make_record("slow", 0, {("swd", "euler", 10): 0.9}, git_revision=revisions[0])
+    res = invoke("leaderboard", write(tmp_path / "r", recs), "--out", tmp_path / "lb", *flags)
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    needed = "--allow-mixed-revisions" if "revisions" in message else "--allow-dirty"
+    assert needed in res.output and not (tmp_path / "lb").exists()
+    res = invoke("leaderboard", tmp_path / "r", "--out", tmp_path / "lb", "--allow-dirty", "--allow-mixed-revisions")
+    assert res.exit_code == 0, res.output
+    footer = (tmp_path / "lb" / "8gaussians__tiny.md").read_text().split("---\n")[-1]
+    assert "records from 2 git revisions (built with --allow-mixed-revisions)" in footer
+    assert ("1 record(s) from a git tree with uncommitted changes (built with --allow-dirty)" in footer) == revisions[0].endswith("-dirty")
+
+
+def test_run_summary_reports_test_values_at_the_validation_choice(tmp_path):
+    from gmbench.cli.run import summary_table
+
+    recs = [make_record("m", seed, {("swd", "s", 10): t10, ("swd", "s", 50): t50,
+                                    ("swd", "s", 10, "val"): 0.9, ("swd", "s", 50, "val"): 0.3}, spec_hash=f"h{seed}")
+            for seed, (t10, t50) in enumerate([(0.1, 0.5), (0.2, 0.6)])]
+    recs.append(make_record("cut", 0, {("swd", "s", 10): 0.01}, status="incomplete", budget_spent=0.25, spec_hash="h9"))
+    write(tmp_path, recs)
+    lines = summary_table(_registries(), tmp_path, ["h0", "h1", "h9"]).splitlines()
+    rows = [line.split() for line in lines[3:]]
+    assert [r[:4] for r in rows] == [["m", "0", "0.5", "s@50"], ["m", "1", "0.6", "s@50"], ["cut", "0", "0.01", "s@10"]]
+    assert rows[0][4] == "validation" and " ".join(rows[2][-4:]) == "incomplete (25% of budget)"
+
+
+def rich_records() -> list[dict]:
+    """A small board with a tie, a bound, an estimate, an incomplete row and a floor row."""
+    def swd(vals, sampler="ddim", nfe=10, counted=None):
+        out, extra = {}, {}
+        for split, v in vals.items():
+            key = ("swd", sampler, nfe) + (("val",) if split == "val" else ())
+            out[key] = v
+            if counted:
+                extra[key] = {"nfe_counted": counted}
+        return out, extra
+
+    recs = []
+    for seed, (a, b) in enumerate([(0.20, 0.22), (0.25, 0.23), (0.22, 0.26)]):
+        vals, extra = swd({"test": a, "val": a + 0.01})
+        recs.append(make_record("ddpm", seed, vals, entry_extra=extra, likelihood=("test_nll", 2.9 + seed / 100, "bound")))
+        vals, extra = swd({"test": b, "val": b + 0.01}, sampler="dopri5", nfe=20, counted=38)
+        recs.append(make_record("flow", seed, vals, entry_extra=extra,
+                                likelihood=("test_nll", 2.8 + seed / 100, "estimate", 0.02)))
+        recs.append(make_record("vae", seed, {("swd", "decoder", 1): 0.6 + seed / 50}, likelihood=("test_nll", 3.1, "bound")))
+        recs.append(make_record("floor", seed, {("swd", None, None): 0.14 + seed / 100}, likelihood=None,
+                                source="reference", reference={"label": "noise floor: true distribution"}))
+    recs.append(make_record("gan", 0, {("swd", "direct", 1): 0.3}, likelihood=None, status="incomplete", budget_spent=0.36))
+    return recs
+
+
+def test_rich_board_is_byte_deterministic_and_complete(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_leaderboards(rich_records(), a, _registries())
+    write_leaderboards(list(reversed(rich_records())), b, _registries())
+    for name in sorted(p.name for p in a.iterdir()):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    page = (a / "8gaussians__tiny.md").read_text()
+    rows = {r[1]: r for r in (cells(x) for x in table_rows(page, "#")[2:])}
+    assert [rows[m][0] for m in ("noise floor: true distribution", "ddpm", "flow", "vae", "gan")] == ["—", "1", "1", "3", "—"]
+    assert rows["flow"][4] == "dopri5 @ 38" and rows["flow"][5].startswith("≈ 2.81 ± 0.012 stderr")
