@@ -272,6 +272,7 @@ def test_records_written_by_the_runner(tmp_path):
     assert set(by_method) == {"gaussfit", "tinygan", "broken-train"}
     assert by_method["gaussfit"][3] == "2/2" and "exact" in by_method["gaussfit"][5] and "(n=2)" in by_method["gaussfit"][2]
     assert by_method["tinygan"][5] == "none"
+    assert by_method["gaussfit"][6] == "validation"  # the runner scores validation copies: settings are chosen on them
     assert by_method["broken-train"][0] == "—" and "injected failure" in by_method["broken-train"][-1]
 
 
