@@ -288,13 +288,98 @@ def test_training_loss_is_per_token_nelbo():
     torch.manual_seed(5)
     loss = method.training_step("nelbo", x, 0)["adam"]
     torch.manual_seed(5)  # the same draws, by hand: per-sequence NELBO / tokens
-    t = stratified_times((512,))
+    t = method.t_min + (1 - method.t_min) * stratified_times((512,))
     z, masked = mask_tokens(x, t, method.schedule, V)
     by_hand = masked_nelbo(subs_log_probs(method.net(z), z, V), x, masked, t, method.schedule).sum() / x.numel()
     torch.testing.assert_close(loss.double(), by_hand)
     # and its expectation is the per-token entropy H(p) for the unigram denoiser
     entropy = float(-(P * P.log()).sum())
     assert float(loss) == pytest.approx(entropy, rel=0.15)
+
+
+def record_training_times(method: MDLM) -> list[torch.Tensor]:
+    """Make ``method`` record the times its training steps draw (one tensor per step)."""
+    seen, nelbo = [], method.nelbo
+
+    def spy(x, t, generator=None):
+        seen.append(t.detach().clone())
+        return nelbo(x, t, generator)
+
+    method.nelbo = spy
+    return seen
+
+
+def test_training_times_are_stratified_over_the_floored_interval():
+    """t = t_min + (1 - t_min) u, u MDLM's stratified draw: one time per stratum of [t_min, 1]."""
+    batch, steps, length = 64, 100, 8
+    x = iid_tokens(batch, length)
+    times = {}
+    for t_min in (0.0, 1e-3, 0.2):
+        method = unigram_mdlm(length, t_min=t_min)
+        seen = record_training_times(method)
+        torch.manual_seed(11)
+        for step in range(steps):
+            method.training_step("nelbo", x, step)
+        t = torch.stack(seen)  # (steps, batch)
+        lo = t_min + (1 - t_min) * torch.arange(batch, dtype=torch.float64) / batch
+        assert bool((t >= lo).all() and (t <= lo + (1 - t_min) / batch + 1e-12).all()), t_min
+        times[t_min] = t
+    # the same seed gives the same stratified draw, mapped onto [t_min, 1]
+    torch.testing.assert_close(times[1e-3], 1e-3 + (1 - 1e-3) * times[0.0], rtol=0, atol=1e-15)
+    assert float(times[0.0].min()) < 1e-3  # without the floor, 1/t reaches past 1000
+
+
+def loss_variance_given_times(t: torch.Tensor, per_token_loss: torch.Tensor) -> torch.Tensor:
+    """Var(loss | t) of MDLM's per-token training loss for a denoiser that ignores its input.
+
+    Token l of row k is masked with probability t_k and then costs c_kl / t_k (loglinear
+    weight 1/t), so loss = sum_kl m_kl c_kl / (t_k B L) with m_kl ~ Bernoulli(t_k):
+    Var(loss | t) = sum_k (1 - t_k) / t_k * sum_l c_kl^2 / (B L)^2. Its mean over t *is* the
+    loss variance over steps, because E[loss | t] = sum c / (B L) does not depend on t.
+    """
+    b, length = per_token_loss.shape
+    return ((1 - t) / t * per_token_loss.pow(2).sum(-1)).sum(-1) / (b * length) ** 2
+
+
+def test_time_floor_makes_the_training_loss_variance_finite():
+    """The per-batch loss variance: infinite for t in (0, 1], finite with the floor (as the paper's code).
+
+    For a fixed network that ignores its input (the unigram denoiser) and a fixed batch the
+    variance over steps is E_t[Var(loss | t)], in closed form: row k's time is uniform on
+    [a_k, b_k], where E[(1 - t) / t] = log(b_k / a_k) / (b_k - a_k) - 1, infinite for a_0 = 0.
+    The times are the ones training_step draws (same seeds for both floors); averaging the
+    exact Var(loss | t) over them is the Rao-Blackwellised variance estimate. The raw sample
+    variance of the losses is not used: without the floor it has no finite mean, and over a
+    few thousand steps its value swings with the seed (the floor's gain is log(1/t_min)
+    against the log of the number of steps, not orders of magnitude).
+    """
+    batch, length, steps = 8, 16, 3000
+    x = iid_tokens(batch, length, seed=3)
+    per_token = -P.log()[x]  # c_kl: the unigram denoiser's loss of each token when masked
+
+    def closed_form(t_min: float) -> float:
+        a = t_min + (1 - t_min) * torch.arange(batch, dtype=torch.float64) / batch
+        b = a + (1 - t_min) / batch
+        mean_weight = torch.where(a > 0, torch.log(b / a) / (b - a) - 1, torch.tensor(math.inf, dtype=torch.float64))
+        return float((mean_weight * per_token.pow(2).sum(-1)).sum()) / (batch * length) ** 2
+
+    estimates = {}
+    for t_min in (0.0, 1e-3):
+        method = unigram_mdlm(length, t_min=t_min)
+        seen = record_training_times(method)
+        torch.manual_seed(21)
+        for step in range(steps):
+            method.training_step("nelbo", x, step)
+        estimates[t_min] = loss_variance_given_times(torch.stack(seen), per_token)
+    floored, unfloored = estimates[1e-3], estimates[0.0]
+    se = float(floored.std()) / math.sqrt(steps)
+    assert abs(float(floored.mean()) - closed_form(1e-3)) < 4 * se, (float(floored.mean()), closed_form(1e-3), se)
+    assert math.isinf(closed_form(0.0))
+    # the same draws without the floor: every step's conditional variance is larger, the worst
+    # step's by far more than the floor allows (1/t is capped at 1000 with it)
+    assert bool((unfloored > floored).all())
+    assert float(unfloored.max()) > 2 * float(floored.max())
+    assert float(unfloored.mean()) > float(floored.mean())
 
 
 # ------------------------------------------------------------------ the sampler
@@ -425,6 +510,9 @@ def test_bad_input_gives_one_line_errors():
         method.log_likelihood(torch.zeros(2, 9, dtype=torch.long), gen())
     with pytest.raises(MethodError, match="does not support 'toy2d'"):
         MDLM(DataSpec(name="t", modality="toy2d", shape=(2,)))
+    for t_min in (-0.1, 1.0):
+        with pytest.raises(MethodError, match=r"t_min must be in \[0, 1\)"):
+            MDLM(text_spec(8), model_size="tiny", t_min=t_min)
 
 
 # ------------------------------------------------------------------ it learns, through the host

@@ -55,8 +55,9 @@ class LogLinearSchedule(NoiseSchedule):
     ``sigma_t = -log alpha_t = -log(1 - t)``. Its NELBO weight is ``1 / t``.
 
     (The MDLM code uses ``1 - (1 - eps) t`` with ``eps = 1e-3`` so that ``alpha_1 > 0``;
-    here ``alpha_1 = 0`` exactly, so the sampler's all-[MASK] start is the true prior,
-    and the times we draw lie in (0, 1] so the weight stays finite.)
+    here ``alpha_1 = 0`` exactly, so the sampler's all-[MASK] start is the true prior.
+    The weight ``1 / t`` is finite for the times drawn, in (0, 1]; MDLM's training
+    additionally floors them at ``t_min``, see :class:`.mdlm.MDLM`.)
     """
 
     name = "loglinear"
@@ -167,8 +168,9 @@ def masked_nelbo(
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One draw per row of ``probs`` (..., C), by inverse CDF in float64.
 
-    float64 because float32 categorical sampling measurably shifts generative
-    perplexity (see REFERENCES.md); rows need not be normalised.
+    float64 because float32 categorical sampling lowers the effective temperature,
+    i.e. the token diversity, and so flatters generative perplexity (Zheng et al.
+    2024, arXiv 2409.02908); rows need not be normalised.
     """
     probs = probs.double()
     cdf = probs.cumsum(-1)

@@ -17,7 +17,9 @@ through the backbone's adaLN.
 
 Training loss: the Rao-Blackwellised continuous-time NELBO (Eq. 10-11),
 ``-alpha'_t / (1 - alpha_t) * sum_{masked l} -log x_theta(x_l | z_t)``, with one time
-per sequence drawn by stratified (low-discrepancy) sampling over the batch, reported
+per sequence drawn by stratified (low-discrepancy) sampling over the batch and mapped
+to ``[t_min, 1]`` (``t = t_min + (1 - t_min) u``, as the reference code's
+``_sample_t`` does with ``eps = 1e-3``), reported
 per token (the batch's summed per-sequence NELBO divided by its number of tokens, as
 the reference code averages over tokens). Its noise comes from torch's global RNG,
 which the host seeds per run. No EMA: at gmbench's budgets (tens to thousands of
@@ -31,7 +33,8 @@ Sampler ``ancestral`` (the reverse process of Sec. 3.2): ``nfe`` uniform steps f
 ``t = 1`` (all ``[MASK]``) to ``t = 0``; at each step a masked token is unmasked with
 probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` into a token drawn from the
 denoiser (softmax and categorical draw in float64, as ``sampling_precision`` declares:
-generative perplexity moves with it, see REFERENCES.md). Since ``alpha_0 = 1`` the last
+float32 categorical sampling lowers the effective temperature and so flatters generative
+perplexity, Zheng et al. 2024, arXiv 2409.02908). Since ``alpha_0 = 1`` the last
 step unmasks everything; should a schedule leave masks at ``t = 0``, one more network
 call fills them from the denoiser's distribution (not its argmax, unlike the reference
 code's final noise-removal step).
@@ -72,6 +75,15 @@ class MDLM(Method):
             warm-up. On synthlang 1e-3 left the unigram plateau soonest for both the
             tiny and small presets (3e-4 later; 3e-3 kept the small preset on it for
             1200 steps). Clip at 1 as the paper.
+        t_min: lower floor of the training times, which are drawn in ``[t_min, 1]``
+            (default 1e-3, the reference code's ``eps`` in ``_sample_t``). The loglinear
+            schedule weighs a masked token's loss by ``1 / t``: for ``t -> 0`` a sequence
+            has about ``t L`` masked tokens, each weighted ``1 / t``, so the per-batch loss
+            has unbounded variance (its second moment grows like ``log(1 / t_min)``) and
+            rare batches with a tiny ``t`` dominate the gradient. The floor leaves out
+            the time integral's part below ``t_min``, which moves the expected loss by a
+            relative ``O(t_min)``. ``t_min = 0`` restores times in (0, 1].
+            :meth:`log_likelihood` always uses (0, 1]: the bound must cover all ``t``.
         likelihood_samples: stratified times per sequence in :meth:`log_likelihood`.
             4 by default: the test metric averages over 2000 sequences, so its Monte
             Carlo error is already ~0.01 bit/char, while 16 made the test-likelihood
@@ -100,6 +112,7 @@ class MDLM(Method):
         time_conditioning: bool = False,
         lr: float = 1e-3,
         grad_clip: float = 1.0,
+        t_min: float = 1e-3,
         likelihood_samples: int = 4,
         cache: bool = True,
         chunk_rows: int = 1024,
@@ -107,6 +120,8 @@ class MDLM(Method):
         super().__init__(data, model_size)
         if not data.vocab_size or len(data.shape) != 1:
             raise MethodError(f"mdlm needs token sequences of shape (L,) with a vocab_size, got shape {data.shape}")
+        if not 0.0 <= float(t_min) < 1.0:
+            raise MethodError(f"mdlm: t_min must be in [0, 1), got {t_min!r}")
         if int(likelihood_samples) < 1 or int(chunk_rows) < 1:
             raise MethodError("mdlm: likelihood_samples and chunk_rows must be >= 1")
         self.vocab_size = data.vocab_size
@@ -114,7 +129,7 @@ class MDLM(Method):
         self.seq_len = data.shape[0]
         self.schedule = get_schedule(schedule)
         self.time_conditioning = bool(time_conditioning)
-        self.lr, self.grad_clip = lr, grad_clip
+        self.lr, self.grad_clip, self.t_min = lr, grad_clip, float(t_min)
         self.likelihood_samples, self.cache, self.chunk_rows = int(likelihood_samples), bool(cache), int(chunk_rows)
         self.net = Transformer(
             self.vocab_size + 1, self.seq_len, out_dim=self.vocab_size, size=model_size, causal=False,
@@ -159,7 +174,8 @@ class MDLM(Method):
 
     def training_step(self, stage: str, batch: torch.Tensor, step: int):
         x = batch.long()
-        t = stratified_times((x.shape[0],), device=x.device)  # one stratum per sequence
+        u = stratified_times((x.shape[0],), device=x.device)  # one stratum per sequence
+        t = self.t_min + (1.0 - self.t_min) * u  # floored: the 1/t weight stays bounded
         return {"adam": self.nelbo(x, t).sum() / x.numel()}
 
     # -- likelihood ---------------------------------------------------------------
