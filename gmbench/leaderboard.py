@@ -317,7 +317,7 @@ def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> d
     sel = select_setting(scored, metric, direction)
     values = selected_values(scored, metric, sel) if sel else {}
     mean, ci, n = t_interval(values.values())
-    at = [e for e in _entries_at(scored, metric, sel)] if sel else []
+    at = _entries_at(scored, metric, sel) if sel else []
     return {
         "method": method, "ranked": bool(ok) and bool(values), "seeds_ok": len(ok), "seeds": len(runs),
         "errors": sorted({one_line(r.get("error")) for r in runs if r["status"] not in ("ok", "incomplete")}),
