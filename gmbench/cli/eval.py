@@ -16,23 +16,52 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the metrics' own randomness.")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Directory for the record.")
 @click.option("--device", default="cpu", show_default=True, help="Where metrics compute.")
-def eval_(dataset, samples_path, label, budget, seed, out_dir, device) -> None:
+@click.option("--value-range", "value_range", default=None, metavar="LOW,HIGH", callback=lambda ctx, param, v: _value_range(v),
+              help="Range the image samples were made in, e.g. 0,1 or 0,255; they are rescaled to the dataset's "
+                   "[default: uint8 = 0..255, floats = the dataset's range].")
+@click.option("--fid-reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Split FID compares against (part of the fingerprint; docs/metrics.md).")
+def eval_(dataset, samples_path, label, budget, seed, out_dir, device, value_range, fid_reference) -> None:
     """Score external samples with the metrics of DATASET; the record is labelled source=external."""
     from gmbench.external import score_external
     from gmbench.loading import LoadError
     from gmbench.plugins import Registries
 
     label = label or Path(samples_path).stem
+    reg = Registries()
+    modality = getattr(reg.datasets.get(dataset.partition(":")[0]), "modality", "image")
+    if fid_reference != "train" and modality != "image":
+        raise click.BadParameter(f"FID scores images; {dataset} holds {modality} data", param_hint="--fid-reference")
     try:
-        rec = score_external(Registries(), dataset, samples_path, label, budget, out_dir, seed=seed, device=device)
+        rec = score_external(reg, dataset, samples_path, label, budget, out_dir, seed=seed, device=device,
+                             value_range=value_range, eval_options=fid_reference_options(fid_reference))
     except LoadError as exc:
         raise click.ClickException(str(exc)) from None
+    for warning in rec["samples"]["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if rec["status"] != "ok":
         raise click.ClickException(f"no metric could score the samples: {rec['error']}")
     click.echo(f"{label} on {dataset} ({rec['samples']['n_scored']} samples, budget {budget}) -> {Path(out_dir).resolve()}")
     for e in rec["metrics"]:
         value = f"{e['value']:.6g}" if e.get("value") is not None else e.get("error") or e.get("skipped")
         click.echo(f"  {e['name']}: {value}")
+
+
+def _value_range(text):
+    from gmbench.loading import parse_value_range
+
+    if text is None:
+        return None
+    try:
+        return parse_value_range(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--value-range") from None
+
+
+def fid_reference_options(split: str | None) -> dict:
+    """``--fid-reference`` as evaluation options; the default (train) adds none, so runs
+    without the option keep their spec hashes and fingerprints."""
+    return {"fid_reference_split": split} if split and split != "train" else {}
 
 
 COMMANDS = (eval_,)
