@@ -79,17 +79,42 @@ def budgets_list(as_json: bool) -> None:
     """Every budget preset with its FLOPs, clock cap, model size and NFE grid."""
     reg = _registries()
     rows = []
-    for name in reg.budgets.names():
-        b = reg.budgets.get(name)
+    for b in budgets_in_size_order([reg.budgets.get(name) for name in reg.budgets.names()]):
         if as_json:
             rows.append(b.to_dict())
         else:
-            flops = ", ".join(f"{k} {v:.1e}" for k, v in b.train_flops.items())
             rows.append(
-                {"name": name, "train_flops": flops, "wall_clock_s": b.wall_clock_s, "model_size": b.model_size,
-                 "nfe_grid": list(b.nfe_grid), "description": b.description}
+                {"name": b.name, "train_flops": _per_modality(b.train_flops, "{:.1e}"),
+                 "batch_size": _per_modality(b.batch_size), "eval_samples": _per_modality(b.eval_samples),
+                 "wall_clock_s": _clock_cap(b), "model_size": b.model_size, "nfe_grid": list(b.nfe_grid),
+                 "description": b.description}
             )
     emit(rows, as_json)
+
+
+#: the built-in budgets, smallest first; any other budget follows them
+BUILTIN_BUDGET_ORDER = ("smoke", "small", "standard", "large")
+
+
+def budgets_in_size_order(budgets: list) -> list:
+    """The built-in budgets in size order, then the others by total training FLOPs (then name)."""
+    def key(b):
+        if b.name in BUILTIN_BUDGET_ORDER:
+            return (0, BUILTIN_BUDGET_ORDER.index(b.name), 0.0, b.name)
+        return (1, 0, float(sum(b.train_flops.values())), b.name)
+
+    return sorted(budgets, key=key)
+
+
+def _clock_cap(b) -> str:
+    """The budget's stated training cap, or the cap derived from its FLOPs when it states none."""
+    if b.wall_clock_s is not None:
+        return f"{b.wall_clock_s:g}"
+    return f"{b.train_cap_s:.0f} (derived)"
+
+
+def _per_modality(values: dict, fmt: str = "{}") -> str:
+    return ", ".join(f"{k} {fmt.format(v)}" for k, v in values.items())
 
 
 COMMANDS = (plugins, datasets, budgets)

@@ -8,7 +8,8 @@ import click
 @click.command("new-plugin")
 @click.argument("name")
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Directory in which the package folder gmbench-NAME is created.")
+              help="Parent directory of the new package folder gmbench-NAME (a directory already "
+                   "named gmbench-NAME is used as the package folder itself).")
 def new_plugin(name, out_dir) -> None:
     """Create gmbench-NAME: pyproject with the entry point, a working method, conformance tests, README, CI."""
     from gmbench.template import TemplateError, render

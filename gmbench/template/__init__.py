@@ -59,10 +59,19 @@ def render_text(text: str, values: dict[str, str]) -> str:
     return text
 
 
+def package_root(out_dir: str | Path, dist: str) -> Path:
+    """Where the package goes: ``out_dir/gmbench-NAME``, or ``out_dir`` itself when it is
+    already named ``gmbench-NAME`` (``--out ./gmbench-foo`` must not give
+    ``gmbench-foo/gmbench-foo``)."""
+    out = Path(out_dir)
+    return out if out.resolve().name == dist else out / dist
+
+
 def render(name: str, out_dir: str | Path) -> Path:
-    """Write the package for method ``name`` into ``out_dir/gmbench-NAME``; return that path."""
+    """Write the package for method ``name`` into ``out_dir/gmbench-NAME`` (see
+    :func:`package_root`); return that path."""
     values = placeholders(name)
-    root = Path(out_dir) / values["__DIST__"]
+    root = package_root(out_dir, values["__DIST__"])
     if root.exists() and any(root.iterdir()):
         raise TemplateError(f"{root} already exists and is not empty; choose another --out or name")
     missing = [t for t in LAYOUT if not (FILES / t).is_file()]
