@@ -118,6 +118,16 @@ def write_record(out_dir: str | Path, spec: RunSpec, record: dict) -> Path:
     return _write_json(path, text)
 
 
+def retire_record(out_dir: str | Path, spec: RunSpec) -> Path | None:
+    """Move the record of ``spec`` to ``attempts/`` (``--force``); return where it went."""
+    path = Path(out_dir) / spec.filename
+    if not path.exists():
+        return None
+    dest = _attempt_path(Path(out_dir), spec)
+    os.replace(path, dest)
+    return dest
+
+
 def _attempt_path(out_dir: Path, spec: RunSpec) -> Path:
     """A fresh name under ``out_dir/attempts/`` for one attempt of ``spec``."""
     import time

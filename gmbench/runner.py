@@ -27,7 +27,8 @@ from gmbench.method import validate_method_class
 from gmbench.plugins import Registries
 from gmbench import checkpointing
 from gmbench.checkpointing import CheckpointPolicy
-from gmbench.records import SCHEMA_VERSION, RunSpec, SpecLock, finished, fingerprint, provenance, write_record
+from gmbench.records import (SCHEMA_VERSION, RunSpec, SpecLock, finished, fingerprint, provenance, retire_record,
+                             write_record)
 from gmbench.registry import RegistryError
 from gmbench.training import train
 
@@ -148,6 +149,10 @@ def run_one(
     lock = SpecLock(out_dir, spec)
     if not lock.acquire():
         record.update(status="skipped", error=f"another gmbench process is running this spec in {out_dir}")
+        return record
+    if finished(out_dir, spec):  # done by another process since this one planned it
+        lock.release()
+        record.update(status="skipped", error=f"another gmbench process finished this spec in {out_dir}")
         return record
     try:
         _notify(reg, "gmbench_run_start", spec=spec)
@@ -305,16 +310,18 @@ def run_all(
     total = len(matrix.specs)
     pending, done = [], 0
     for spec in matrix.specs:
-        if not force and finished(out_dir, spec):
+        if finished(out_dir, spec) and not force:
             done += 1
             if on_record:
                 on_record(spec, None, done, total)
             continue
-        if not resume:
-            lock = SpecLock(out_dir, spec)
-            if lock.acquire():  # never pull a checkpoint from under a run in another process
+        lock = SpecLock(out_dir, spec)
+        if lock.acquire():  # never touch the files of a run going on in another process
+            if force:
+                retire_record(out_dir, spec)  # kept in attempts/; a run finds no ok record and goes ahead
+            if not resume:
                 checkpointing.remove(checkpoint_folder(out_dir, spec))
-                lock.release()
+            lock.release()
         pending.append(spec)
 
     def report(spec: RunSpec, rec: dict) -> None:

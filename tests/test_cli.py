@@ -65,7 +65,9 @@ def test_run_smoke_end_to_end_and_resume(tmp_path):
     assert "[1/1] ddpm on 8gaussians seed 0: ok" in res.output
     assert "ranked by swd" in res.output
     again = CliRunner().invoke(main, ["run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke", "--out", str(out), "--resume"])
-    assert "already done (resume)" in again.output
+    assert "1 run(s) already have an ok record" in again.output and "kept and skipped" in again.output
+    assert "already done (ok record kept; --force re-runs it)" in again.output
+    assert again.output.strip().splitlines()[-1] == "gmbench: 0 ok, 0 failed, 0 incomplete, 0 skipped (running elsewhere), 1 already done"
 
 
 def test_set_parses_method_hyperparameters():

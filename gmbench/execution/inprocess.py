@@ -3,7 +3,8 @@
 No isolation beyond ``run_one``'s: an exception, NaN or a cap checked between
 steps becomes a failed record. A hang *inside* one step (or one sampler call)
 cannot be stopped from Python safely, so a ``SIGALRM`` watchdog raises in the
-main thread once the run has used its training cap + evaluation cap + grace.
+main thread once the run has used its training cap + evaluation cap + grace
+(or ``RunOptions.hang_timeout_s``).
 That interrupts Python code and interruptible waits (sleep, I/O); a C routine
 that never returns to the interpreter (a deadlocked kernel) is only
 interrupted when it returns — use ``--jobs N`` (worker processes, killed
@@ -43,7 +44,7 @@ def watchdog(seconds: float, message: str):
         raise RunHung(message)
 
     previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, 1e9))  # larger values overflow time_t; 1e9 s is "never"
     try:
         yield
     finally:
@@ -77,6 +78,7 @@ class InProcessExecutor(Executor):
 
         if self.options.memory_cap_mb:
             raise ExecutionError("--memory-cap-mb needs worker processes: add --jobs N or use --executor ray")
+        self.options.apply_threads()  # before any torch work: the inter-op pool is sized once per process
         if self.options.deterministic:
             make_deterministic()
         warm_up()  # the first run of a process would otherwise spend ~3 s of its clock cap on imports
@@ -84,7 +86,7 @@ class InProcessExecutor(Executor):
         records = []
         for spec in specs:
             limit = self.options.hard_timeout_s(reg.budgets.get(spec.budget))
-            message = f"no result after {limit:g}s (training cap + evaluation cap + {self.options.grace_s:g}s grace): run hung"
+            message = f"no result after {limit:g}s ({self.options.hang_rule()}): run hung"
             try:
                 with watchdog(limit, message):
                     rec = run_one(spec, reg, out_dir, self.options.cache_dir, self.options.checkpoint_dir)

@@ -1,0 +1,197 @@
+"""Runs that survive real machines: the wall-clock cap keeps work, a killed run resumes
+bit-identically from its checkpoint, no record is ever lost, concurrent writers do not clash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmbench.plugins import Registries, make_plugin_manager
+from gmbench.records import RunSpec, load_record, write_record
+from gmbench.runner import checkpoint_folder, expand, run_all, run_one
+from tests.plugins.fake_methods import TINY_BUDGET, FakePlugin, GaussianFit
+
+ROOT = Path(__file__).resolve().parents[1]
+# a budget of a few hundred steps, with a cap small enough to stop training early at scale 1
+CAPPED = replace(TINY_BUDGET, name="capped", wall_clock_s=1e-6)
+
+
+class Noisy(GaussianFit):
+    """GaussianFit whose steps also consume the global torch RNG (as real methods do),
+    so that a resume that lost an RNG state would give different numbers."""
+
+    name = "noisy"
+
+    def training_step(self, stage, batch, step):
+        jitter = 0.01 * torch.randn_like(batch)
+        return super().training_step(stage, batch + jitter, step)
+
+
+class DiesOnce(Noisy):
+    """Killed by SIGKILL at step 7 the first time (a preempted node), fine afterwards."""
+
+    name = "dies-once"
+    marker = os.environ.get("GMBENCH_TEST_DIE_MARKER", "")
+
+    def training_step(self, stage, batch, step):
+        if step == 7 and self.marker and not Path(self.marker).exists():
+            Path(self.marker).write_text("died")
+            os.kill(os.getpid(), 9)
+        return super().training_step(stage, batch, step)
+
+
+class Budgets:
+    from gmbench import hookimpl
+
+    @hookimpl
+    def gmbench_register_budgets(self, register):
+        register(TINY_BUDGET)
+        register(CAPPED)
+
+
+def registries():
+    return Registries(make_plugin_manager((FakePlugin(Noisy, DiesOnce), Budgets()), load_entrypoints=False))
+
+
+def _values(record: dict) -> list:
+    return sorted((e["name"], e.get("split"), e["sampler"], e["nfe"], e["value"]) for e in record["metrics"])
+
+
+def test_a_run_at_its_wall_clock_cap_is_evaluated_and_marked_incomplete(tmp_path, real_caps):
+    reg = registries()
+    rec = run_one(RunSpec("noisy", "8gaussians", "capped", 0), reg, tmp_path)
+    assert rec["status"] == "incomplete", rec.get("error")
+    assert "wall-clock cap" in rec["train"]["stopped"]
+    assert 0 <= rec["budget_spent"] == rec["train"]["budget_spent"] < 0.5
+    assert any(e["name"] == "swd" and e["value"] is not None for e in rec["metrics"])  # still scored
+    # its checkpoint is kept for --resume
+    assert (checkpoint_folder(tmp_path, RunSpec("noisy", "8gaussians", "capped", 0)) / "state.json").is_file()
+
+
+def test_resume_continues_an_incomplete_run_to_the_same_numbers_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    spec = RunSpec("noisy", "8gaussians", "capped", 0)
+    reg = registries()
+    monkeypatch.setenv("GMBENCH_CAP_SCALE", "1e12")  # the cap far away: the run finishes
+    # (through the same executor as the resumed run: it sets the threads, and BLAS sums depend on them)
+    whole = run_all(expand(reg, plugins="noisy", datasets="8gaussians", budget="capped"), reg, tmp_path / "whole")[0]
+    assert whole["status"] == "ok"
+
+    monkeypatch.setenv("GMBENCH_CAP_SCALE", "1")  # stopped at once: incomplete
+    cut = run_all(expand(reg, plugins="noisy", datasets="8gaussians", budget="capped"), reg, tmp_path / "cut")[0]
+    assert cut["status"] == "incomplete"
+    monkeypatch.setenv("GMBENCH_CAP_SCALE", "1e12")
+    resumed = run_all(expand(reg, plugins="noisy", datasets="8gaussians", budget="capped"), reg, tmp_path / "cut",
+                      resume=True)[0]
+    assert resumed["status"] == "ok" and resumed["resumed"] is True
+    assert resumed["train"]["steps"] == whole["train"]["steps"]
+    assert resumed["train"]["flops"] == whole["train"]["flops"]
+    assert _values(resumed) == _values(whole)  # bit-identical metrics
+    assert not checkpoint_folder(tmp_path / "cut", spec).exists()  # removed once the record is ok
+    # the incomplete attempt was not lost: it moved to attempts/
+    (attempt,) = (tmp_path / "cut" / "attempts").glob("*.json")
+    assert load_record(attempt)["status"] == "incomplete"
+
+
+def test_a_sigkilled_worker_resumes_from_its_checkpoint_bit_identically(tmp_path, monkeypatch):
+    """A run killed mid-training (like a preempted Slurm or Ray node) and resumed gives the
+    uninterrupted run's metrics exactly."""
+    spec = RunSpec("dies-once", "8gaussians", "tiny-test", 0)
+    matrix = expand(registries(), plugins="dies-once", datasets="8gaussians", budget="tiny-test")
+    whole = run_all(matrix, registries(), tmp_path / "whole")[0]  # no marker: never dies
+    assert whole["status"] == "ok"
+
+    out = tmp_path / "killed"
+    marker = tmp_path / "died"
+    env = {**os.environ, "GMBENCH_TEST_DIE_MARKER": str(marker), "GMBENCH_CHECKPOINT_EVERY_STEPS": "5",
+           "PYTHONPATH": str(ROOT)}
+    script = textwrap.dedent(f"""
+        from gmbench.runner import expand, run_all
+        from tests.test_preemption import registries
+        reg = registries()
+        run_all(expand(reg, plugins="dies-once", datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert marker.exists() and not (out / spec.filename).exists()  # killed before writing a record
+    sidecar = json.loads((checkpoint_folder(out, spec) / "state.json").read_text())
+    assert sidecar["meter"]["steps"] == 5  # the last checkpoint before the kill at step 7
+
+    monkeypatch.setenv("GMBENCH_TEST_DIE_MARKER", str(marker))
+    resumed = run_all(matrix, registries(), out, resume=True)[0]
+    assert resumed["status"] == "ok" and resumed["resumed"] is True
+    assert resumed["train"]["steps"] == whole["train"]["steps"]
+    assert _values(resumed) == _values(whole)
+
+
+def test_without_resume_a_leftover_checkpoint_is_discarded(tmp_path, real_caps):
+    reg = registries()
+    spec = RunSpec("noisy", "8gaussians", "capped", 0)
+    run_one(spec, reg, tmp_path)
+    assert checkpoint_folder(tmp_path, spec).exists()
+    rec = run_all(expand(reg, plugins="noisy", datasets="8gaussians", budget="capped"), reg, tmp_path)[0]
+    assert rec["resumed"] is False
+
+
+def _ok(spec):
+    return {"method": spec.method, "dataset": spec.dataset, "budget": spec.budget, "seed": spec.seed, "status": "ok",
+            "metrics": [{"name": "swd", "value": 0.1}]}
+
+
+def test_a_failed_attempt_never_replaces_an_ok_record(tmp_path):
+    spec = RunSpec("noisy", "8gaussians", "tiny-test", 0)
+    write_record(tmp_path, spec, _ok(spec))
+    where = write_record(tmp_path, spec, {**_ok(spec), "status": "failed", "error": "boom"})
+    assert load_record(tmp_path / spec.filename)["status"] == "ok"
+    assert where.parent.name == "attempts" and load_record(where)["error"] == "boom"
+    # a new ok record replaces the old one, which is kept too
+    write_record(tmp_path, spec, {**_ok(spec), "metrics": [{"name": "swd", "value": 0.2}]})
+    assert load_record(tmp_path / spec.filename)["metrics"][0]["value"] == 0.2
+    kept = sorted(load_record(p)["status"] for p in (tmp_path / "attempts").glob("*.json"))
+    assert kept == ["failed", "ok"]
+
+
+def test_ok_runs_are_kept_unless_forced(tmp_path):
+    reg = registries()
+    matrix = expand(reg, plugins="noisy", datasets="8gaussians", budget="tiny-test")
+    first = run_all(matrix, reg, tmp_path)
+    assert [r["status"] for r in first] == ["ok"]
+    assert run_all(matrix, reg, tmp_path) == []  # skipped: already ok
+    again = run_all(matrix, reg, tmp_path, force=True)
+    assert [r["status"] for r in again] == ["ok"]
+    assert len(list((tmp_path / "attempts").glob("*.json"))) == 1
+
+
+def test_two_processes_writing_into_one_folder_do_not_clash(tmp_path):
+    """Two `gmbench run`-like processes on the same specs and folder: every spec is run once
+    (the other process skips it while it is locked, or finds it done), no record is torn."""
+    out = tmp_path / "shared"
+    script = textwrap.dedent(f"""
+        import json, sys
+        from tests.test_preemption import registries
+        from gmbench.runner import expand, run_all
+        reg = registries()
+        recs = run_all(expand(reg, plugins="noisy", datasets="8gaussians,moons", budget="tiny-test", seeds=[0, 1, 2]),
+                       reg, {str(out)!r})
+        print(json.dumps([[r["method"], r["dataset"], r["seed"], r["status"]] for r in recs]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=1800) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    ran = [tuple(r) for o in outputs for r in json.loads(o[0].strip().splitlines()[-1])]
+    ok = [r for r in ran if r[3] == "ok"]
+    assert len(ok) == len(set(ok)) == 6  # every spec run exactly once, by one of the two
+    assert all(r[3] in ("ok", "skipped") for r in ran)
+    records = sorted(p.name for p in out.glob("*.json"))
+    assert len(records) == 6 and not (out / "attempts").exists()
+    for p in out.glob("*.json"):
+        assert load_record(p)["status"] == "ok"
