@@ -87,6 +87,45 @@ def test_reference_model_is_trained_under_the_budget_once_and_cached(lang, tmp_p
     assert torch.equal(again.token_nll(x), model.token_nll(x))
 
 
+def test_a_failed_reference_is_cached_with_its_reason_until_cleared(lang, tmp_path, monkeypatch):
+    import gmbench.training
+    from gmbench.metrics.base import MetricError
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise RuntimeError("injected: out of memory")
+
+    monkeypatch.setattr(gmbench.training, "train", broken)
+    for _ in range(2):
+        with pytest.raises(MetricError, match="injected: out of memory"):
+            reference_model(_ctx(lang, tmp_path))
+    assert len(calls) == 1  # the second run read the cached failure, it did not try again
+    (failed,) = (tmp_path / "reference_ar").glob("*.failed.json")
+    monkeypatch.undo()
+    failed.unlink()  # the user clears it: the next run builds the reference
+    model, meta = reference_model(_ctx(lang, tmp_path))
+    assert meta["cached"] == "false"
+
+
+def test_a_reference_stopped_midway_continues_from_its_checkpoint(lang, tmp_path, monkeypatch):
+    """A run killed (here: capped) while training the reference leaves a checkpoint the next run
+    continues, and the result equals a reference trained in one go."""
+    from gmbench.metrics.base import MetricError
+
+    whole, _ = reference_model(_ctx(lang, tmp_path / "whole"))
+    monkeypatch.setenv("GMBENCH_CAP_SCALE", "1e-12")  # the cap passes at once: training stops at step 0
+    with pytest.raises(MetricError, match="not trained yet"):
+        reference_model(_ctx(lang, tmp_path / "cut"))
+    assert list((tmp_path / "cut" / "reference_ar").glob("*.checkpoint/state.json"))
+    monkeypatch.setenv("GMBENCH_CAP_SCALE", "50")
+    resumed, meta = reference_model(_ctx(lang, tmp_path / "cut"))
+    assert meta["cached"] == "false" and not list((tmp_path / "cut" / "reference_ar").glob("*.checkpoint"))
+    x = lang.split("test").x[:8]
+    assert torch.equal(resumed.token_nll(x), whole.token_nll(x))
+
+
 def test_generative_perplexity_prefers_real_text_to_noise(lang, tmp_path):
     ctx = _ctx(lang, tmp_path)
     metric = GenerativePerplexity()

@@ -133,33 +133,78 @@ def reference_model(ctx: EvalContext) -> tuple[ReferenceAR, dict]:
 
 
 def _load_or_train(ctx: EvalContext, path: Path, seed: int, digest: str) -> tuple[ReferenceAR, dict]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    """Load the cached reference, or train it once into the cache.
 
-    from gmbench.training import train
+    One process trains at a time (an flock beside the file; others wait and
+    then load). Training checkpoints go beside it, so a run killed while
+    training the reference leaves work the next run continues. A failure is
+    cached with its reason (``<name>.failed.json``) and re-raised by later
+    runs until the user deletes that file, instead of failing slowly each time.
+    """
+    import fcntl
 
-    model = ReferenceAR(ctx.dataset.spec(), model_size=ctx.budget.model_size).to(ctx.device)
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        model.load_state_dict(load_file(str(path), device=str(ctx.device)))
-        meta["cached"] = "true"
-    else:
-        t0 = time.perf_counter()
-        stages = train(model, ctx.dataset.split("train").x, ctx.budget, "text", torch.Generator().manual_seed(seed))
-        meta = {
-            "key": digest,
-            "steps": str(sum(s.steps for s in stages)),
-            "flops": str(sum(s.flops for s in stages)),
-            "train_seconds": f"{time.perf_counter() - t0:.2f}",
-            "device": str(ctx.device),
-        }
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)  # atomic: parallel runs may train the same reference
-        meta["cached"] = "false"
+    failed = path.with_suffix(".failed.json")
+    with open(path.with_suffix(".lock"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        if failed.is_file():
+            reason = json.loads(failed.read_text()).get("error", "unknown error")
+            raise MetricError(f"the reference language model could not be built before ({reason}); "
+                              f"delete {failed} to try again")
+        model = ReferenceAR(ctx.dataset.spec(), model_size=ctx.budget.model_size).to(ctx.device)
+        if path.is_file():
+            meta = _load(model, path, ctx.device)
+        else:
+            try:
+                meta = _train_reference(ctx, model, path, seed, digest)
+            except MetricError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cached, so every later run says why at once
+                from gmbench.evaluate import one_line
+
+                failed.write_text(json.dumps({"error": one_line(exc), "key": digest}))
+                raise MetricError(f"the reference language model could not be built: {one_line(exc)}") from None
     model.train(False)
     return model, meta
+
+
+def _load(model: ReferenceAR, path: Path, device) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    model.load_state_dict(load_file(str(path), device=str(device)))
+    meta["cached"] = "true"
+    return meta
+
+
+def _train_reference(ctx: EvalContext, model: ReferenceAR, path: Path, seed: int, digest: str) -> dict:
+    from safetensors.torch import save_file
+
+    from gmbench import checkpointing
+    from gmbench.checkpointing import CheckpointPolicy
+    from gmbench.training import train
+
+    folder = path.with_suffix(".checkpoint")
+    t0 = time.perf_counter()
+    stages = train(model, ctx.dataset.split("train").x, ctx.budget, "text", torch.Generator().manual_seed(seed),
+                   checkpoints=CheckpointPolicy(folder, resume=True))
+    stopped = next((s.stopped for s in stages if s.stopped), "")
+    if stopped:  # not cached as finished: the next run continues it from its checkpoint
+        raise MetricError(f"the reference language model is not trained yet ({stopped}); the next run continues it")
+    meta = {
+        "key": digest,
+        "steps": str(sum(s.steps for s in stages)),
+        "flops": str(sum(s.flops for s in stages)),
+        "train_seconds": f"{time.perf_counter() - t0:.2f}",
+        "device": str(ctx.device),
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)  # atomic
+    checkpointing.remove(folder)
+    meta["cached"] = "false"
+    return meta
 
 
 class GenerativePerplexity(Metric):
