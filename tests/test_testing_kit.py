@@ -97,14 +97,16 @@ EXPECTED_FAILURES = {
     "BadShares": {"test_stages"},
     "UnknownModule": {"test_stages"},
     "Unseeded": {"test_sampling_is_deterministic", "test_training_is_deterministic", "test_checkpoint_round_trip"},
-    "HiddenWork": {"test_budget_obeyed"},
+    # the host meters on_step_end itself now: its 256x256 product makes one step cost more
+    # than the kit's allowance, so training refuses it (below) instead of the kit catching it late
+    "HiddenWork": set(),
     "StateOutside": {"test_checkpoint_round_trip"},
     "ClaimsNone": {"test_likelihood"},
     "ClaimsExact": {"test_likelihood"},
     "WrongShape": {"test_sample_shapes"},
 }
 # training itself refuses these, so every test that needs a trained model errors in setup
-TRAINING_REFUSED = {"BadShares", "UnknownModule"}
+TRAINING_REFUSED = {"BadShares", "UnknownModule", "HiddenWork"}
 
 
 def test_kit_fails_each_broken_method_on_its_rule(pytester):
@@ -177,7 +179,7 @@ def test_generated_package_passes_its_own_tests(tmp_path):
     root = new_plugin(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)  # only a guard against a hang
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert re.search(r"\d+ passed, 1 skipped in", proc.stdout), proc.stdout[-500:]  # skipped: the entry-point test
 
