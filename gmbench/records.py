@@ -286,4 +286,14 @@ def provenance(device: str, plugin_dist: tuple[str, str] = ("", "")) -> dict:
         "platform": platform.platform(),
         "device": dev,
         "cpu_threads": torch.get_num_threads(),
+        "threads": _threads(),
     }
+
+
+def _threads() -> dict:
+    """The torch threads the host's policy set for this run (gmbench.execution.threads)."""
+    try:
+        from gmbench.execution.threads import current_policy
+    except ImportError:  # pragma: no cover - the policy module ships with gmbench
+        return {}
+    return current_policy()
