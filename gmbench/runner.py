@@ -23,7 +23,7 @@ from gmbench.data import make_dataset
 from gmbench.evaluate import eval_context, evaluate, one_line, protocol_fields
 from gmbench.execution.precision import autocast, autocast_sampling
 from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
-from gmbench.method import validate_method_class
+from gmbench.method import LIKELIHOOD_KINDS, MethodError, validate_method_class
 from gmbench.plugins import Registries
 from gmbench import checkpointing
 from gmbench.checkpointing import CheckpointPolicy
@@ -205,7 +205,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     metrics = [reg.metrics.get(n) for n in reg.metrics.names()]
     metrics = [m for m in metrics if m.applies_to(dataset)]
 
-    record["likelihood"] = cls.likelihood
+    record["likelihood"] = cls.likelihood  # the instance may refine it per data (below)
     record["modality"] = modality
     record["provenance"] = provenance(str(device), _dist_of(reg, spec.method))
     ctx = eval_context(dataset, budget, spec.seed, device, cache_dir, extractors=reg.feature_extractors,
@@ -220,6 +220,9 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     method = cls(data_spec, model_size=budget.model_size, **dict(spec.hparams)).to(device)
+    if method.likelihood not in LIKELIHOOD_KINDS:
+        raise MethodError(f"method {spec.method!r}: likelihood must be one of {LIKELIHOOD_KINDS}, not {method.likelihood!r}")
+    record["likelihood"] = method.likelihood  # e.g. exact trace on toy2d, a Hutchinson estimate on images
     generator = torch.Generator().manual_seed(spec.seed)  # data order and stage preparation
 
     train_seconds = None
