@@ -16,6 +16,13 @@ registry). What a board can be trusted for:
 * **Labels.** Likelihoods print as exact (plain), bound (``≤``) or estimate
   (``≈ mean ± stderr``); sampling settings show the counted NFE where the
   record has it; a run whose samples copy the training set is flagged.
+* **Networks.** Each row names the network its method trained (the record's
+  ``backbone``, from :meth:`gmbench.method.Method.backbone`, e.g.
+  ``UNet(small, 1.42M)``) beside its parameter count. A board that mixes
+  networks compares architectures as much as methods; ``same_backbone``
+  (``gmbench leaderboard --same-backbone``) makes one board per (dataset,
+  budget, backbone family) and ``backbone`` (``--backbone unet``) keeps one
+  family, so that a board can hold the network fixed.
 * **Unranked rows.** Incomplete runs (training stopped at its wall-clock cap)
   and noise-floor rows (``source: "reference"``, see :mod:`gmbench.floor`) are
   shown, marked, and never ranked.
@@ -75,7 +82,55 @@ def load_results(paths) -> list[dict]:
         missing = [f for f in REQUIRED_FIELDS if f not in rec]
         if missing:
             raise RecordError(f"record of {rec.get('method')!r} lacks field(s) {', '.join(missing)}; it is not a complete run record")
+        validate_record(rec)
     return records
+
+
+class MalformedRecordError(RecordError):
+    """A record whose fields have the wrong types (a hand-edited or foreign file); one line."""
+
+
+def validate_record(rec: dict) -> None:
+    """Refuse a record whose fields the boards and the gate would trip over, naming the field.
+
+    Records written by gmbench always pass; this catches hand-edited and foreign files
+    (``"value": "NaN"``, ``"seed": "zero"``), which would otherwise surface as a
+    traceback deep in the table code, or be silently skipped as an unusable value.
+    """
+    from gmbench.records import STATUSES
+
+    def bad(what: str) -> MalformedRecordError:
+        who = f"{rec.get('method')!r} on {rec.get('dataset')!r}/{rec.get('budget')!r} seed {rec.get('seed')!r}"
+        return MalformedRecordError(f"malformed record of {who}: {what}")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for f in ("method", "dataset", "budget"):
+        if not isinstance(rec[f], str) or not rec[f]:
+            raise bad(f"{f!r} is {rec[f]!r}, not a name")
+    seed = rec["seed"]
+    if isinstance(seed, bool) or not (isinstance(seed, int) or (isinstance(seed, str) and seed.isdigit())):
+        raise bad(f"'seed' is {seed!r}, not an integer")
+    if rec["status"] not in STATUSES:
+        raise bad(f"'status' is {rec['status']!r}, not one of {', '.join(STATUSES)}")
+    if not isinstance(rec.get("hparams") or {}, dict):
+        raise bad(f"'hparams' is {rec['hparams']!r}, not an object")
+    if rec.get("budget_spent") is not None and not number(rec["budget_spent"]):
+        raise bad(f"'budget_spent' is {rec['budget_spent']!r}, not a number")
+    metrics = rec.get("metrics") or []
+    if not isinstance(metrics, list):
+        raise bad("'metrics' is not a list")
+    for e in metrics:
+        if not isinstance(e, dict):
+            raise bad(f"a metric entry is {e!r}, not an object")
+        name = e.get("name")
+        if e.get("value") is not None and not number(e["value"]):
+            raise bad(f"metric {name!r} has value {e['value']!r}, not a number (write null for no value)")
+        if e.get("nfe") is not None and (isinstance(e["nfe"], bool) or not isinstance(e["nfe"], int)):
+            raise bad(f"metric {name!r} has nfe {e['nfe']!r}, not an integer")
+        if e.get("stderr") is not None and not number(e["stderr"]):
+            raise bad(f"metric {name!r} has stderr {e['stderr']!r}, not a number")
 
 
 def method_label(rec: dict) -> str:
@@ -165,7 +220,7 @@ REFERENCE = "reference"  # the ``source`` of noise-floor records (gmbench.floor)
 
 @dataclass
 class Board:
-    """One (dataset, budget) board, ready to render."""
+    """One (dataset, budget) board, or one (dataset, budget, backbone family) board, ready to render."""
 
     dataset: str
     budget: str
@@ -177,10 +232,17 @@ class Board:
     records: list[dict]
     fingerprints: list[str] = field(default_factory=list)
     floors: list[dict] = field(default_factory=list)  # noise-floor rows (unranked)
+    backbone: str = ""  # the backbone family the board is restricted to; "" = every network
 
     @property
     def slug(self) -> str:
-        return f"{_safe(self.dataset)}__{_safe(self.budget)}"
+        tail = f"__{_safe(self.backbone.lower())}" if self.backbone else ""
+        return f"{_safe(self.dataset)}__{_safe(self.budget)}{tail}"
+
+    @property
+    def title(self) -> str:
+        tail = f" — backbone {self.backbone}" if self.backbone else ""
+        return f"{self.dataset} — budget {self.budget}{tail}"
 
     @property
     def ranked(self) -> list[dict]:
@@ -191,19 +253,77 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", str(text)).lstrip(".") or "-"
 
 
+UNSTATED = "unstated"  # the backbone family of records that name none (written before records had one)
+
+
+def backbone_of(rec: dict) -> str:
+    """The network a run trained, as its record states it (``"UNet(small, 1.42M)"``); ``""``
+    for records that state none. Read defensively: older records have no ``backbone``."""
+    b = rec.get("backbone")
+    return " ".join(b.split()) if isinstance(b, str) else ""
+
+
+def backbone_family(rec: dict) -> str:
+    """The backbone family: the text before the first ``(`` of :func:`backbone_of` (``"UNet"``),
+    or ``""``. Boards compare families case-insensitively."""
+    return backbone_of(rec).split("(")[0].strip()
+
+
+def filter_backbone(records: list[dict], family: str) -> list[dict]:
+    """The records of runs on a ``family`` backbone (``"unet"`` matches ``UNet(small, 1.42M)``),
+    plus the noise-floor records of the (dataset, budget) pairs that keep a run; a one-line
+    LeaderboardError when no run used that family."""
+    want = str(family).strip().lower()
+    if not want or "(" in want:
+        raise LeaderboardError(f"--backbone takes a backbone family such as unet or mlp, not {family!r}")
+    kept = [r for r in records if r.get("source") != REFERENCE and (backbone_family(r) or UNSTATED).lower() == want]
+    if not kept:
+        found = sorted({backbone_family(r) or UNSTATED for r in records if r.get("source") != REFERENCE}, key=str.lower)
+        raise LeaderboardError(
+            f"no run record used a {family!r} backbone; the records' backbone families: {', '.join(found) or 'none'} "
+            f"({UNSTATED}: records written before runs recorded their backbone)"
+        )
+    pairs = {(str(r["dataset"]), str(r["budget"])) for r in kept}
+    floors = [r for r in records if r.get("source") == REFERENCE and (str(r["dataset"]), str(r["budget"])) in pairs]
+    return kept + floors
+
+
+def _board_groups(records: list[dict], same_backbone: bool, restricted: bool) -> list[tuple[str, str, str, list[dict]]]:
+    """(dataset, budget, backbone family shown, records) per board, sorted. With ``same_backbone``
+    one board per family of the runs, each with its (dataset, budget)'s noise-floor records."""
+    groups = []
+    for dataset, budget in sorted({(str(r["dataset"]), str(r["budget"])) for r in records}):
+        recs = [r for r in records if (str(r["dataset"]), str(r["budget"])) == (dataset, budget)]
+        runs = [r for r in recs if r.get("source") != REFERENCE]
+        if not (same_backbone or restricted) or not runs:
+            groups.append((dataset, budget, "", recs))
+            continue
+        floors = [r for r in recs if r.get("source") == REFERENCE]
+        shown: dict[str, str] = {}  # family key -> its first spelling in sorted order
+        for spelling in sorted({backbone_family(r) for r in runs}):
+            shown.setdefault(spelling.lower(), spelling or UNSTATED)
+        for key in sorted(shown):
+            groups.append((dataset, budget, shown[key], [r for r in runs if backbone_family(r).lower() == key] + floors))
+    return groups
+
+
 def build_boards(records: list[dict], reg, allow_mixed: bool = False, allow_dirty: bool = False,
-                 allow_mixed_revisions: bool = False) -> list[Board]:
+                 allow_mixed_revisions: bool = False, same_backbone: bool = False,
+                 backbone: str | None = None) -> list[Board]:
     """Group records into boards; refuse mixed fingerprints, dirty trees and mixed git
-    revisions unless allowed."""
+    revisions unless allowed. ``same_backbone``: one board per (dataset, budget, backbone
+    family) instead of per (dataset, budget); ``backbone``: only runs on that family
+    (:func:`filter_backbone`)."""
     from gmbench.ranking import primary_metric
 
     check_revisions(records, allow_dirty, allow_mixed_revisions)
     directions = metric_directions(reg)
-    values = values_frame(records)
+    if backbone is not None:
+        records = filter_backbone(records, backbone)
     boards = []
-    for dataset, budget in sorted({(str(r["dataset"]), str(r["budget"])) for r in records}):
-        recs = [r for r in records if (str(r["dataset"]), str(r["budget"])) == (dataset, budget)]
-        fps = _check_fingerprints(recs, f"{dataset} / {budget}", allow_mixed)
+    for dataset, budget, family, recs in _board_groups(records, same_backbone, backbone is not None):
+        where = f"{dataset} / {budget}" + (f" / {family}" if family else "")
+        fps = _check_fingerprints(recs, where, allow_mixed)
         try:
             metric = primary_metric(reg, dataset)
         except Exception:  # noqa: BLE001 - a registry error means "unknown"
@@ -217,8 +337,8 @@ def build_boards(records: list[dict], reg, allow_mixed: bool = False, allow_dirt
             raise LeaderboardError(f"metric {metric!r} (primary for {dataset!r}) is not registered; its direction is unknown")
         direction = directions[metric]
         methods = [r for r in recs if r.get("source") != REFERENCE]
-        v = values[(values.dataset == dataset) & (values.budget == budget) & (values.split == "test")]
-        v = v[v.method.isin({method_label(r) for r in methods})]
+        v = values_frame(methods)  # this board's runs only: a label can have runs on two boards
+        v = v[v.split == "test"]
         boards.append(Board(
             dataset, budget, metric, direction,
             ranking=_rank(methods, metric, direction),
@@ -227,6 +347,7 @@ def build_boards(records: list[dict], reg, allow_mixed: bool = False, allow_dirt
             records=recs,
             fingerprints=fps,
             floors=_floor_rows([r for r in recs if r.get("source") == REFERENCE], metric, direction),
+            backbone=family,
         ))
     return boards
 
@@ -331,6 +452,7 @@ def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> d
         "likelihood": _likelihood(_model_values(values_frame(scored, statuses=("ok", "incomplete")))),
         "copies": _copies(scored, sel),
         "params": _median([(r.get("cost") or {}).get("params") for r in scored]),
+        "backbone": sorted({backbone_of(r) for r in runs} - {""}),
         "train_flops": _median([(r.get("cost") or {}).get("train_flops") for r in scored]),
         "rank": None, "vs_above": "",
     }
@@ -533,6 +655,7 @@ def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
         "vs above": r["vs_above"] or "—",
         "copies": _copies_cell(r["copies"], flag_it=not r.get("floor")),
         "samples/s": fmt(r["samples_per_s"], ".3g"),
+        "backbone": "—" if r.get("floor") or not r["backbone"] else md_escape("; ".join(r["backbone"])),
         "params": fmt(r["params"], ",.0f"),
         "train FLOPs": fmt(r["train_flops"], ".3g"),
         "status": status,
@@ -564,6 +687,13 @@ def _caption(board: Board) -> list[str]:
     if any(r["copies"] for r in board.ranking + board.floors):
         out.append(f"*copies*: share of samples nearer a training example than real held-out data usually is "
                    f"(`{COPY_METRIC}`); above {COPY_FLAG:g} the run is marked memorised.")
+    if board.backbone:
+        out.append(f"Only runs that trained a **{md_escape(board.backbone)}** network are on this board (the family "
+                   "of each record's *backbone*, the text before its bracket), so it compares methods on the same "
+                   "kind of network; parameter counts may still differ (column *params*).")
+    elif len({b.split("(")[0].strip().lower() for r in board.ranking for b in r["backbone"]}) > 1:
+        out.append("The rows trained different networks (column *backbone*), so their differences mix method and "
+                   "architecture; `gmbench leaderboard --same-backbone` makes one board per backbone family.")
     if board.floors:
         out.append("Noise-floor rows score real data exactly like a method's samples — fresh draws from the true "
                    "distribution, or a subset of the train split (train vs test) where the distribution is unknown — "
@@ -576,7 +706,7 @@ def _caption(board: Board) -> list[str]:
 def render_board(board: Board, generator_version: str) -> str:
     """The markdown page of one board."""
     m = md_escape(board.metric)
-    lines = [f"# {md_escape(board.dataset)} — budget {md_escape(board.budget)}", ""]
+    lines = [f"# {md_escape(board.title)}", ""]
     for sentence in _caption(board):
         lines += [sentence, ""]
     if len(board.fingerprints) > 1:
@@ -590,6 +720,8 @@ def render_board(board: Board, generator_version: str) -> str:
     headers = list(table[0]) if table else []
     if not any(r["copies"] for r in board.ranking + board.floors):
         headers.remove("copies")
+    if not any(r["backbone"] for r in board.ranking):  # records from before runs recorded it
+        headers.remove("backbone")
     lines += [tabulate([[row[h] for h in headers] for row in table],
                        headers=[m if h == "metric" else h for h in headers], tablefmt="github", disable_numparse=True), ""]
 
@@ -654,7 +786,8 @@ def render_index(boards: list[Board], records: list[dict], generator_version: st
     for b in boards:
         leaders = [md_escape(r["method"]) for r in b.ranked if r["rank"] == 1]
         rows.append([
-            f"[{md_escape(b.dataset)} / {md_escape(b.budget)}]({b.slug}.md)",
+            f"[{md_escape(b.dataset)} / {md_escape(b.budget)}"
+            f"{' / ' + md_escape(b.backbone) if b.backbone else ''}]({b.slug}.md)",
             f"{md_escape(b.metric)} ({b.direction})",
             (", ".join(leaders) + (" (tied)" if len(leaders) > 1 else "")) if leaders else "—",
             len(b.ranking),
@@ -663,7 +796,8 @@ def render_index(boards: list[Board], records: list[dict], generator_version: st
         ])
     table = tabulate(rows, headers=["board", "ranked by", "leader", "methods", "runs", "failed runs"],
                      tablefmt="github", disable_numparse=True)
-    return "\n".join(["# gmbench leaderboards", "", "One board per dataset and compute budget.", "", table, "",
+    per = "dataset, compute budget and backbone family" if any(b.backbone for b in boards) else "dataset and compute budget"
+    return "\n".join(["# gmbench leaderboards", "", f"One board per {per}.", "", table, "",
                       footer(records, generator_version)]) + "\n"
 
 
@@ -715,7 +849,7 @@ def plot_board(board: Board, path: Path, dpi: int = 100) -> None:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("seconds per sample (log scale)")
         ax.set_ylabel(text(f"{board.metric} ({board.direction} is better)"))
-        ax.set_title(text(f"{board.dataset} — budget {board.budget}"))
+        ax.set_title(text(board.title))
         fig.tight_layout()
         fig.savefig(path, dpi=dpi, format="png", metadata={"Software": None})
 
@@ -724,19 +858,21 @@ def plot_board(board: Board, path: Path, dpi: int = 100) -> None:
 
 
 def write_leaderboards(records: list[dict], out_dir, reg, allow_mixed: bool = False, allow_dirty: bool = False,
-                       allow_mixed_revisions: bool = False) -> list[Path]:
-    """Write every board, its plot and ``index.md`` to ``out_dir``; return the paths written."""
+                       allow_mixed_revisions: bool = False, same_backbone: bool = False,
+                       backbone: str | None = None) -> list[Path]:
+    """Write every board, its plot and ``index.md`` to ``out_dir``; return the paths written.
+    ``same_backbone`` and ``backbone``: see :func:`build_boards`."""
     from gmbench import __version__
 
     records, _ = dedupe(records)
     boards = build_boards(records, reg, allow_mixed=allow_mixed, allow_dirty=allow_dirty,
-                          allow_mixed_revisions=allow_mixed_revisions)
+                          allow_mixed_revisions=allow_mixed_revisions, same_backbone=same_backbone, backbone=backbone)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, used = [], set()
     for b in boards:
         if b.slug in used:  # two names that differ only in unsafe characters
-            raise LeaderboardError(f"boards {b.dataset!r}/{b.budget!r} and another map to the same file {b.slug}.md")
+            raise LeaderboardError(f"boards {b.title!r} and another map to the same file {b.slug}.md")
         used.add(b.slug)
         page = out / f"{b.slug}.md"
         page.write_text(render_board(b, __version__))

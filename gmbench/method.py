@@ -175,6 +175,24 @@ class Method(ABC):
                     total += p.numel()
         return total
 
+    def backbone(self) -> str:
+        """The networks this method trains, in words, for boards that hold the network fixed.
+
+        ``"Family(size, params)"``, e.g. ``"UNet(small, 1.42M)"``; ``", k nets"`` is added
+        when ``k`` networks are trained (``"MLP(small, 0.502M, 2 nets)"``: a VAE's encoder
+        and decoder). The run record stores it; boards show it and read the *family* as the
+        text before ``(`` (``gmbench leaderboard --same-backbone`` or ``--backbone unet``).
+        Default: the class names of the modules some optimizer of :meth:`stages` trains
+        (a shadow copy no optimizer names, such as an EMA, is left out), joined by ``+``
+        when they differ, and their parameters. Override it when a module wraps a shared
+        backbone (``gmbench.backbones``) under another class name.
+        """
+        trained = {name for stage in self.stages() for opt in stage.optimizers for name in opt.modules}
+        nets = [m for name, m in self.modules().items() if name in trained]
+        family = "+".join(sorted({type(m).__name__ for m in nets})) or "none"
+        params = sum(p.numel() for p in {id(p): p for m in nets for p in m.parameters()}.values())
+        return backbone_label(family, self.model_size, params, len(nets))
+
     # -- training -----------------------------------------------------------------
 
     @abstractmethod
@@ -278,3 +296,10 @@ def validate_method_class(cls: type) -> None:
             raise MethodError(f"method class {cls.__name__} must set {attr!r}")
     if cls.likelihood not in LIKELIHOOD_KINDS:
         raise MethodError(f"method {cls.name!r}: likelihood must be one of {LIKELIHOOD_KINDS}, not {cls.likelihood!r}")
+
+
+def backbone_label(family: str, size: str, params: int, nets: int = 1) -> str:
+    """``"UNet(small, 1.42M)"`` / ``"MLP(small, 0.502M, 2 nets)"``: the form of
+    :meth:`Method.backbone` (parameters in millions, 3 significant digits)."""
+    more = f", {nets} nets" if nets > 1 else ""
+    return f"{family}({size}, {params / 1e6:.3g}M{more})"

@@ -494,3 +494,99 @@ def test_rich_board_is_byte_deterministic_and_complete(tmp_path):
     rows = {r[1]: r for r in (cells(x) for x in table_rows(page, "#")[2:])}
     assert [rows[m][0] for m in ("noise floor: true distribution", "ddpm", "flow", "vae", "gan")] == ["—", "1", "1", "3", "—"]
     assert rows["flow"][4] == "dopri5 @ 38" and rows["flow"][5].startswith("≈ 2.81 ± 0.012 stderr")
+
+
+# -- backbones: which network each row trained, and boards that hold it fixed ----------------
+
+
+def backbone_records() -> list[dict]:
+    """ddpm and a U-Net VAE on U-Nets, the default VAE on MLPs, an old record naming no backbone,
+    and a noise floor (data, no network)."""
+    recs = []
+    for seed, (ddpm, unet, mlp, floor) in enumerate([(0.20, 0.10, 0.05, 0.02), (0.23, 0.12, 0.08, 0.03)]):
+        recs += [
+            make_record("ddpm", seed, {("swd", "ddim", 10): ddpm}, backbone="UNet(tiny, 0.635M)"),
+            make_record("vae", seed, {("swd", "prior", 1): unet}, hparams={"backbone": "unet"},
+                        backbone="UNet(tiny, 1.15M, 2 nets)"),
+            make_record("vae", seed, {("swd", "prior", 1): mlp}, backbone="MLP(tiny, 0.153M, 2 nets)"),
+            make_record("floor", seed, {("swd", None, None): floor}, likelihood=None, source="reference",
+                        reference={"label": "noise floor: true distribution"}),
+        ]
+    recs.append(make_record("old", 0, {("swd", "s", 1): 0.3}))  # written before records carried a backbone
+    return recs
+
+
+def test_each_row_states_its_backbone_beside_its_parameter_count(tmp_path):
+    page, rows = board_rows(tmp_path, backbone_records())
+    by = {r["method"]: r for r in rows}
+    assert by["ddpm"]["backbone"] == "UNet(tiny, 0.635M)"
+    assert by["vae\\[backbone=unet\\]"]["backbone"] == "UNet(tiny, 1.15M, 2 nets)"
+    assert by["vae"]["backbone"] == "MLP(tiny, 0.153M, 2 nets)"
+    assert by["old"]["backbone"] == "—" and by["noise floor: true distribution"]["backbone"] == "—"
+    headers = list(rows[0])
+    assert headers.index("params") == headers.index("backbone") + 1
+    # the MLP VAE ranks first here, on another network: the caption says what that comparison mixes
+    assert [r["method"] for r in rows if r["#"] != "—"][0] == "vae"
+    assert "differences mix method and architecture" in page and "--same-backbone" in page
+    _, plain = board_rows(tmp_path / "plain", standard_records())
+    assert "backbone" not in plain[0]  # no record names one: no column, older boards unchanged
+
+
+def test_backbone_text_is_escaped(tmp_path):
+    recs = backbone_records() + [make_record("evil", 0, {("swd", "s", 1): 0.4}, backbone="Net|x <b>*y*</b>\n(z)")]
+    page, rows = board_rows(tmp_path, recs)
+    assert {r["method"]: r["backbone"] for r in rows}["evil"] == "Net\\|x &lt;b&gt;\\*y\\*&lt;/b&gt; (z)"
+    widths = {len(cells(r)) for r in table_rows(page, "#")}
+    assert len(widths) == 1 and "<b>" not in page
+
+
+def test_same_backbone_makes_one_board_per_backbone_family(tmp_path):
+    recs = backbone_records() + [make_record("lower", 0, {("swd", "s", 1): 0.15}, backbone="unet(tiny, 0.1M)")]
+    paths = write_leaderboards(recs, tmp_path / "a", _registries(), same_backbone=True)
+    assert sorted(p.name for p in paths if p.suffix == ".md") == [
+        "8gaussians__tiny__mlp.md", "8gaussians__tiny__unet.md", "8gaussians__tiny__unstated.md", "index.md"]
+    unet = (tmp_path / "a" / "8gaussians__tiny__unet.md").read_text()
+    assert unet.startswith("# 8gaussians — budget tiny — backbone UNet\n")
+    rows = [dict(zip(cells(table_rows(unet, "#")[0]), cells(r))) for r in table_rows(unet, "#")[2:]]
+    # families match case-insensitively; the floor row scores data and sits on every board
+    assert [r["method"] for r in rows] == ["noise floor: true distribution", "vae\\[backbone=unet\\]", "lower", "ddpm"]
+    assert [r["#"] for r in rows] == ["—", "1", "2‡", "3‡"]  # "lower" has one seed: untested
+    assert "Only runs that trained a **UNet** network are on this board" in unet and "mix method and" not in unet
+    assert "0.05" not in unet.split("## Quality versus sampling cost")[0]  # the MLP VAE's values stay off it
+    mlp = (tmp_path / "a" / "8gaussians__tiny__mlp.md").read_text()
+    assert [cells(r)[1] for r in table_rows(mlp, "#")[2:]] == ["noise floor: true distribution", "vae"]
+    old = (tmp_path / "a" / "8gaussians__tiny__unstated.md").read_text()
+    assert [cells(r)[1] for r in table_rows(old, "#")[2:]] == ["noise floor: true distribution", "old"]
+    index = (tmp_path / "a" / "index.md").read_text()
+    assert "One board per dataset, compute budget and backbone family." in index
+    assert "[8gaussians / tiny / UNet](8gaussians__tiny__unet.md)" in index
+    # byte-identical from the same records in another order
+    write_leaderboards(list(reversed(recs)), tmp_path / "b", _registries(), same_backbone=True)
+    for p in sorted((tmp_path / "a").iterdir()):
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes(), p.name
+
+
+def test_backbone_option_keeps_one_family(tmp_path):
+    results = write(tmp_path / "r", backbone_records())
+    res = invoke("leaderboard", results, "--out", tmp_path / "lb", "--backbone", "UNET")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "lb").iterdir()) == [
+        "8gaussians__tiny__unet.md", "8gaussians__tiny__unet.png", "index.md"]
+    page = (tmp_path / "lb" / "8gaussians__tiny__unet.md").read_text()
+    assert {cells(r)[1] for r in table_rows(page, "#")[2:]} == {
+        "noise floor: true distribution", "vae\\[backbone=unet\\]", "ddpm"}
+    res = invoke("leaderboard", results, "--out", tmp_path / "lb2", "--same-backbone", "--backbone", "mlp")
+    assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "lb2").glob("*.md")) == [
+        "8gaussians__tiny__mlp.md", "index.md"]
+
+
+@pytest.mark.parametrize("family, message", [
+    ("resnet", "no run record used a 'resnet' backbone; the records' backbone families: MLP, UNet, unstated"),
+    ("UNet(tiny", "--backbone takes a backbone family such as unet or mlp, not 'UNet(tiny'"),
+    (" ", "--backbone takes a backbone family"),
+])
+def test_unknown_backbone_is_one_clear_line(tmp_path, family, message):
+    res = invoke("leaderboard", write(tmp_path / "r", backbone_records()), "--out", tmp_path / "lb", "--backbone", family)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    assert message in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "lb").exists()

@@ -5,6 +5,12 @@ from __future__ import annotations
 import click
 
 
+class InputError(click.ClickException):
+    """A malformed record (wrongly typed fields): exit 2, as in `gmbench compare` and `gmbench claims`."""
+
+    exit_code = 2
+
+
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for index.md, the boards and their plots.")
@@ -13,16 +19,27 @@ import click
               help="Accept records made from a git tree with uncommitted changes (stated in each page's footer).")
 @click.option("--allow-mixed-revisions", is_flag=True,
               help="Accept records from several git revisions (stated in each page's footer).")
-def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revisions) -> None:
+@click.option("--same-backbone", is_flag=True,
+              help="One board per (dataset, budget, backbone family), e.g. UNet and MLP runs on separate boards, "
+                   "so each board holds the network fixed.")
+@click.option("--backbone", "backbone", default=None, metavar="FAMILY",
+              help="Only runs whose network is of this backbone family (case-insensitive: unet, mlp, transformer).")
+def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revisions, same_backbone, backbone) -> None:
     """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files)."""
-    from gmbench.leaderboard import dedupe, load_results, write_leaderboards
+    from gmbench.cli.checks import check_writable_dir
+    from gmbench.leaderboard import MalformedRecordError, dedupe, load_results, write_leaderboards
     from gmbench.plugins import Registries
 
-    records = load_results(results)
+    try:
+        records = load_results(results)
+    except MalformedRecordError as exc:  # a record with wrongly typed fields: unusable input, as in `gmbench compare`
+        raise InputError(str(exc)) from None
+    check_writable_dir(out_dir, "--out")
     _, dropped = dedupe(records)
     if dropped:
         click.echo(f"gmbench: {dropped} duplicate record(s) of the same run ignored (the latest is kept)", err=True)
     paths = write_leaderboards(records, out_dir, Registries(), allow_mixed=allow_mixed, allow_dirty=allow_dirty,
-                               allow_mixed_revisions=allow_mixed_revisions)
+                               allow_mixed_revisions=allow_mixed_revisions, same_backbone=same_backbone,
+                               backbone=backbone)
     boards = sum(1 for p in paths if p.suffix == ".md") - 1
     click.echo(f"gmbench: {boards} board(s) from {len(records) - dropped} run(s) -> {paths[0]}")

@@ -185,6 +185,13 @@ class DDPM(Method):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())  # the EMA shadow is not capacity
 
+    def backbone(self) -> str:
+        """``"UNet(small, 1.42M)"`` on images, ``"MLP(small, 0.693M)"`` on toy data: the one
+        trained network (the EMA shadow is a copy of it, not a second network)."""
+        from gmbench.method import backbone_label
+
+        return backbone_label(type(self.net).__name__, self.model_size, self.num_parameters())
+
     def to(self, device: torch.device | str) -> "DDPM":
         super().to(device)
         self.schedule.to(self.device)
