@@ -223,6 +223,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     if method.likelihood not in LIKELIHOOD_KINDS:
         raise MethodError(f"method {spec.method!r}: likelihood must be one of {LIKELIHOOD_KINDS}, not {method.likelihood!r}")
     record["likelihood"] = method.likelihood  # e.g. exact trace on toy2d, a Hutchinson estimate on images
+    record["backbone"] = method.backbone()  # boards show it, and can hold it fixed (--same-backbone)
     generator = torch.Generator().manual_seed(spec.seed)  # data order and stage preparation
 
     train_seconds = None

@@ -55,6 +55,8 @@ def test_ok_record_has_every_field_and_is_written_atomically(fake_registries, tm
     assert {"swd", "sample_nll", "test_nll"} <= names
     nll = next(e for e in rec["metrics"] if e["name"] == "test_nll")
     assert nll["label"] == "exact" and nll["sampler"] is None
+    assert rec["backbone"] and rec["backbone"] == reg.methods.get("gaussfit")(reg.datasets.get("8gaussians")().spec()).backbone()
+    assert rec["provenance"]["threads"]["intra_op"] >= 1
     files = [f for f in tmp_path.iterdir() if f.name != ".locks"]  # .locks: the per-spec lock files
     assert [f.name for f in files] == [RunSpec("gaussfit", "8gaussians", "tiny-test", 0).filename]
     assert load_record(files[0]) == json.loads(json.dumps(rec))
