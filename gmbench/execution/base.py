@@ -37,7 +37,16 @@ class RunOptions:
         grace_s: a worker still running ``wall_clock_s + eval_timeout_s +
             grace_s`` after it started is hung: it is killed and the parent
             writes the failed record.
-        threads: torch threads per run in a worker (default: the run's CPUs).
+        hang_timeout_s: when set, the hang deadline itself, in place of the
+            caps + grace (and not scaled by ``GMBENCH_CAP_SCALE``): an explicit
+            bound for callers whose caps are far from how long a run may take
+            (tests, which run with caps x50).
+        threads: intra-op torch threads per run (``--threads``); default: the
+            run's share of this process's CPUs (:mod:`gmbench.execution.threads`).
+        jobs: runs executing at once on this machine (``--jobs``); each gets
+            ``1 / jobs`` of the CPUs.
+        cpus_per_run: CPUs reserved per run (Ray's ``--cpus-per-run``); the
+            run's share instead of ``1 / jobs``.
         deterministic: ask torch for deterministic kernels (docs/scaling.md).
         extra_plugins: picklable plugin objects every worker registers besides
             the installed ones (tests, programmatic use); on a cluster their
@@ -52,16 +61,47 @@ class RunOptions:
     checkpoint_dir: str | None = None
     memory_cap_mb: int | None = None
     grace_s: float = 60.0
+    hang_timeout_s: float | None = None
     threads: int | None = None
+    jobs: int = 1
+    cpus_per_run: float | None = None
     deterministic: bool = False
     extra_plugins: tuple = ()
     load_entrypoints: bool = True
     env: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.threads is not None and (int(self.threads) != self.threads or self.threads < 1):
+            raise ExecutionError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.hang_timeout_s is not None and not self.hang_timeout_s > 0:
+            raise ExecutionError(f"hang_timeout_s must be positive, got {self.hang_timeout_s!r}")
+        if self.jobs < 1:
+            raise ExecutionError(f"--jobs must be at least 1, got {self.jobs}")
+        if self.cpus_per_run is not None and not self.cpus_per_run > 0:
+            raise ExecutionError(f"--cpus-per-run must be positive, got {self.cpus_per_run!r}")
+
     def hard_timeout_s(self, budget) -> float:
+        """Seconds after its start at which a run still going is hung: killed, recorded as failed."""
         from gmbench.budget import cap_scale
 
+        if self.hang_timeout_s is not None:
+            return float(self.hang_timeout_s)
         return budget.train_cap_s + budget.eval_cap_s + float(self.grace_s) * cap_scale()
+
+    def hang_rule(self) -> str:
+        """How :meth:`hard_timeout_s` was reached, for the hung run's error."""
+        if self.hang_timeout_s is not None:
+            return "hang timeout"
+        return f"training cap + evaluation cap + {self.grace_s:g}s grace"
+
+    def apply_threads(self) -> dict:
+        """Size this process's torch thread pools for one run (:func:`gmbench.execution.threads.apply_policy`)."""
+        from gmbench.execution.threads import apply_policy
+
+        try:
+            return apply_policy(jobs=self.jobs, override=self.threads, cpus_per_run=self.cpus_per_run)
+        except ValueError as exc:  # a bad $GMBENCH_THREADS_POLICY
+            raise ExecutionError(str(exc)) from None
 
 
 class Executor(ABC):

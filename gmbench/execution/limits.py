@@ -1,4 +1,6 @@
-"""Per-run limits applied inside a worker process: memory cap, threads, determinism.
+"""Per-run limits applied inside a worker process: memory cap, determinism.
+
+(Threads: :mod:`gmbench.execution.threads`.)
 
 The memory cap is ``RLIMIT_AS`` set *relative* to the worker's address space
 after start-up: importing torch alone maps ~3 GB of address space it never
@@ -52,14 +54,6 @@ def memory_error_message(exc: BaseException) -> str | None:
         return None
     cap = f"cap {_CAP_MB} MB" if _CAP_MB is not None else "no cap set"
     return f"out of memory ({cap}): {one_line(exc)}"
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-        os.environ["OMP_NUM_THREADS"] = str(int(threads))
 
 
 def make_deterministic() -> None:

@@ -2,13 +2,13 @@
 
 A thread pool (``concurrent.futures``) does the queueing; each of its
 threads supervises one child process through :func:`run_isolated`. Each child
-builds its own plugin manager, uses ``threads`` torch threads (default: the
-machine's cores divided by N) and may have a memory cap.
+builds its own plugin manager, uses its share of the CPUs as torch threads
+(the CPUs this process may use divided by N, or ``--threads``: see
+:mod:`.threads`) and may have a memory cap.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
@@ -30,9 +30,7 @@ class ProcessExecutor(Executor):
         self.jobs = jobs
 
     def run(self, specs: list[RunSpec], reg, out_dir: str | Path, report: Report | None = None) -> list[dict]:
-        options = self.options
-        if options.threads is None:
-            options = replace(options, threads=max(1, (os.cpu_count() or 1) // self.jobs))
+        options = replace(self.options, jobs=self.jobs)  # each worker takes 1/jobs of the CPUs (see .threads)
         cancel = threading.Event()
         records = []
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="gmbench-run") as pool:

@@ -74,7 +74,8 @@ class RayExecutor(Executor):
 
     def run(self, specs: list[RunSpec], reg, out_dir: str | Path, report: Report | None = None) -> list[dict]:
         ray = self.connect()
-        options = self.options if self.options.threads else replace(self.options, threads=max(1, int(self.cpus_per_run)))
+        # the task sizes its threads on its node: --cpus-per-run, capped by what the node lets it use (see .threads)
+        options = replace(self.options, cpus_per_run=self.cpus_per_run)
         # a task may run on another node, in another working directory
         absolute = {k: str(Path(v).resolve()) for k in ("cache_dir", "checkpoint_dir") if (v := getattr(options, k))}
         options = replace(options, **absolute)

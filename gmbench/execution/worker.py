@@ -2,7 +2,7 @@
 
 The parent starts a child (forkserver, so torch is imported once, not per
 run), waits for its record over a pipe, and kills it once it has run longer
-than its training cap + evaluation cap + grace — a hang inside a single step
+than its training cap + evaluation cap + grace (or ``hang_timeout_s``) — a hang inside a single step
 cannot be interrupted any other way. The child writes its own record; when
 it cannot (killed, crashed, out of memory beyond recovery), the parent writes
 the failed record. The child ignores SIGINT: Ctrl-C reaches the parent, which
@@ -25,6 +25,9 @@ from gmbench.records import RunSpec
 #: start-up of a worker (the forkserver's first start imports torch) is not run time
 STARTUP_TIMEOUT_S = 300.0
 _STARTED = "started"
+
+#: the supervisor's clock (a module attribute, so tests can drive the hang kill with a fake one)
+_now = time.monotonic
 
 #: environment a child must see as its parent does *now*: Ray sets the GPUs per task, in
 #: the worker process that calls run_isolated, while the forkserver keeps its start-up values
@@ -66,12 +69,12 @@ def _child_main(spec: RunSpec, options: RunOptions, out_dir: str, env: dict, con
             os.environ[key] = env[key]
         else:
             os.environ.pop(key, None)
-    from gmbench.execution.limits import apply_memory_cap, make_deterministic, set_threads
+    from gmbench.execution.limits import apply_memory_cap, make_deterministic
     from gmbench.plugins import Registries, make_plugin_manager
     from gmbench.runner import failure_message, run_one
 
     try:
-        set_threads(options.threads)
+        options.apply_threads()
         if options.deterministic:
             make_deterministic()
         reg = Registries(make_plugin_manager(tuple(options.extra_plugins), load_entrypoints=options.load_entrypoints))
@@ -111,7 +114,7 @@ def run_isolated(
                        name=f"gmbench-{spec.method}-{spec.spec_hash}")
     proc.start()
     send.close()
-    started, running = time.monotonic(), False
+    started, running = _now(), False
     record = None
     try:
         while True:
@@ -121,7 +124,7 @@ def run_isolated(
                 except EOFError:  # the child died without sending its record
                     break
                 if message == _STARTED:
-                    started, running = time.monotonic(), True
+                    started, running = _now(), True
                     continue
                 record = message
                 break
@@ -129,11 +132,11 @@ def run_isolated(
                 proc.kill()
                 proc.join()
                 return None
-            elapsed = time.monotonic() - started
+            elapsed = _now() - started
             if elapsed > (timeout_s if running else STARTUP_TIMEOUT_S):
                 proc.kill()
                 proc.join()
-                what = f"no result after {elapsed:.0f}s (training cap + evaluation cap + {options.grace_s:g}s grace)" if running \
+                what = f"no result after {elapsed:.0f}s ({options.hang_rule()})" if running \
                     else f"the worker did not start within {elapsed:.0f}s"
                 return write_failed(None, out_dir, spec, f"RunHung: {what}; worker killed")
     finally:
