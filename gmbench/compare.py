@@ -25,7 +25,9 @@ never gated: wall time is not reproducible across machines.
 The gate fails on any regression, on a run that failed or is incomplete
 (training stopped at its wall-clock cap: its numbers are not those of the
 budget), on a run or value that disappeared; it never fails on an improvement,
-a fixed run or a new run. Only test values are gated (entries with
+a fixed run or a new run. With ``shared_only`` (``--shared-only``) only the runs both
+sets contain are compared, and the others are counted, not failed: for a
+current set that is a deliberate subset (or superset) of the baseline. Only test values are gated (entries with
 ``"split": "val"`` exist to choose settings; see gmbench.ranking).
 """
 
@@ -127,6 +129,8 @@ class Row:
 class Comparison:
     rows: list[Row] = field(default_factory=list)
     runs: int = 0
+    #: with shared_only: runs left out because one set lacks them, by which set has them
+    not_shared: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -146,8 +150,10 @@ def compare_records(
     tolerances: dict[str, Tolerance] | None = None,
     default: Tolerance | str = DEFAULT_TOLERANCE,
     allow_mixed: bool = False,
+    shared_only: bool = False,
 ) -> Comparison:
-    """Judge ``current`` against ``baseline`` (lists of records)."""
+    """Judge ``current`` against ``baseline`` (lists of records); with ``shared_only``, only the
+    runs both contain (the others are counted in ``Comparison.not_shared``)."""
     tolerances = tolerances or {}
     default = Tolerance.parse(default) if isinstance(default, str) else default
     base = {run_key(r): r for r in dedupe(baseline)[0]}
@@ -159,8 +165,13 @@ def compare_records(
     _check_fingerprints(base, cur, allow_mixed)
     seed_sd = _seed_sds(baseline)
 
-    out = Comparison(runs=len(set(base) | set(cur)))
-    for key in sorted(set(base) | set(cur)):
+    keys = set(base) | set(cur)
+    out = Comparison()
+    if shared_only:
+        keys = set(base) & set(cur)
+        out.not_shared = {"baseline": len(set(base) - keys), "current": len(set(cur) - keys)}
+    out.runs = len(keys)
+    for key in sorted(keys):
         b, c = base.get(key), cur.get(key)
         head = dict(zip(("method", "dataset", "budget", "seed"), key))
         if c is None:
@@ -277,7 +288,7 @@ def _change(r: Row) -> str:
 def render(cmp: Comparison, fmt: str = "text", show_all: bool = False) -> str:
     """The comparison as a text table, a markdown table (escaped) or JSON."""
     if fmt == "json":
-        return json.dumps({"failed": cmp.failed, "counts": cmp.counts(), "runs": cmp.runs,
+        return json.dumps({"failed": cmp.failed, "counts": cmp.counts(), "runs": cmp.runs, "not_shared": cmp.not_shared,
                            "rows": [asdict(r) for r in cmp.rows]}, indent=2, sort_keys=True)
     esc = md_escape if fmt == "markdown" else (lambda s: " ".join(str(s).splitlines()))
     shown = [r for r in cmp.rows if show_all or r.verdict != "ok"]
@@ -301,4 +312,7 @@ def render(cmp: Comparison, fmt: str = "text", show_all: bool = False) -> str:
 def summary_line(cmp: Comparison) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items()) or "nothing to compare"
     verdict = "FAIL" if cmp.failed else "PASS"
-    return f"{verdict}: {cmp.runs} run(s) compared; {counts}"
+    left = sum(cmp.not_shared.values())
+    skipped = (f"; {left} run(s) not in both sets, not compared ({cmp.not_shared.get('baseline', 0)} only in the baseline, "
+               f"{cmp.not_shared.get('current', 0)} only in the current results)") if left else ""
+    return f"{verdict}: {cmp.runs} run(s) compared; {counts}{skipped}"

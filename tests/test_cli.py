@@ -39,7 +39,8 @@ def test_bad_names_are_one_line_errors(tmp_path):
         (["run", "--plugins", "dpm", "--out", str(tmp_path)], "Did you mean 'ddpm'"),
         (["run", "--plugins", "ddpm", "--datasets", "moon", "--out", str(tmp_path)], "Did you mean 'moons'"),
         (["run", "--plugins", "ddpm", "--budget", "tiny", "--out", str(tmp_path)], "unknown budget 'tiny'"),
-        (["run", "--plugins", "mdlm", "--datasets", "digits", "--out", str(tmp_path)], "nothing to run"),
+        (["run", "--plugins", "mdlm", "--datasets", "digits", "--out", str(tmp_path)],
+         "mdlm does not support image data (it supports text)"),
         (["run", "--seeds", "a,b", "--out", str(tmp_path)], "comma-separated integers"),
     ]:
         res = CliRunner().invoke(main, args)
@@ -52,7 +53,8 @@ def test_bad_names_are_one_line_errors(tmp_path):
 
 def test_hub_dataset_offline_fails_fast_as_a_failed_record(tmp_path):
     res = CliRunner().invoke(main, ["run", "--plugins", "vae", "--datasets", "mnist", "--budget", "smoke", "--out", str(tmp_path)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # a failed run: the documented exit status (tests/test_cli_checks.py)
+    assert res.output.strip().splitlines()[-1].startswith("gmbench: 0 ok, 1 failed")
     (rec,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert rec["status"] == "failed"
     assert "needs a download" in rec["error"] and "digits" in rec["error"]

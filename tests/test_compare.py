@@ -119,6 +119,26 @@ def test_failed_missing_new_and_fixed_runs(tmp_path):
     assert res.exit_code == 0 and "new" in res.output  # a new run is news, not a failure
 
 
+def test_shared_only_compares_the_common_runs_and_counts_the_others(tmp_path):
+    base = runs() + [make_record("vae", 0, {("swd", "p", 1): 0.4})]
+    cur = runs()[:2] + [make_record("gan", 0, {("swd", "p", 1): 0.4}), make_record("flow", 0, {("swd", "p", 1): 0.4})]
+    assert gate(tmp_path, base, cur).exit_code == 1  # without the flag: two runs are missing
+    res = gate(tmp_path / "2", base, cur, "--shared-only")
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        "PASS: 2 run(s) compared; 8 ok; 4 run(s) not in both sets, not compared "
+        "(2 only in the baseline, 2 only in the current results)")
+    out = json.loads(gate(tmp_path / "3", base, cur, "--shared-only", "--format", "json").output)
+    assert out["not_shared"] == {"baseline": 2, "current": 2} and out["runs"] == 2
+    assert {r["verdict"] for r in out["rows"]} == {"ok"}
+    # the runs both sets hold are still gated: a regression or a failure there fails
+    worse = runs(swd=(0.60, 0.52, 0.48))[:2] + cur[2:]
+    assert gate(tmp_path / "4", base, worse, "--shared-only").exit_code == 1
+    broken = [make_record("ddpm", 0, {}, status="failed", error="boom")] + cur[1:]
+    res = gate(tmp_path / "5", base, broken, "--shared-only")
+    assert res.exit_code == 1 and "FAILED" in res.output
+
+
 def test_incomplete_runs_fail_like_failed_ones(tmp_path):
     # an incomplete run was scored, and its values may even look fine: it still fails the gate
     cur = runs()
@@ -186,6 +206,11 @@ def test_bad_tolerances(tmp_path, args, message):
     (lambda d: write(d, runs()) and (d / "torn.json").write_text("{"), "is not valid JSON"),
     (lambda d: write(d, runs(schema=7)), "has schema 7, newer than this gmbench"),
     (lambda d: write(d, [{"method": "x", "status": "ok", "dataset": "8gaussians"}]), "lacks field(s) budget, seed"),
+    # hand-edited records: one line naming the field, never a traceback (int("zero")) or a silent skip ("NaN")
+    (lambda d: write(d, [runs()[0], {**runs()[1], "seed": "zero"}]), "malformed record of 'ddpm' on '8gaussians'/'tiny' "
+                                                                     "seed 'zero': 'seed' is 'zero', not an integer"),
+    (lambda d: write(d, [{**runs()[0], "metrics": [{"name": "swd", "sampler": "ddim", "nfe": 10, "value": "NaN"}]}]),
+     "metric 'swd' has value 'NaN', not a number (write null for no value)"),
 ])
 def test_bad_records_exit_2_with_one_line(tmp_path, make, message):
     base = write(tmp_path / "base", runs())

@@ -33,6 +33,10 @@ def claims(results, as_json, strict, out) -> None:
     from gmbench.plugins import Registries
     from gmbench.records import RecordError
 
+    if out is not None:
+        from gmbench.cli.checks import check_writable_file
+
+        check_writable_file(out, "--out")
     try:
         records = load_results(results)
     except RecordError as exc:

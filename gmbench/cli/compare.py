@@ -1,8 +1,9 @@
 """`gmbench compare BASELINE CURRENT`: the regression gate for CI.
 
 Exit status: 0 when nothing regressed, 1 on a regression beyond tolerance, a
-failed or incomplete run or a run/value that disappeared, 2 when the inputs cannot be
-compared (missing or corrupt records, mixed protocols, a bad tolerance).
+failed or incomplete run or a run/value that disappeared (a run only in one set is
+counted, not failed, with --shared-only), 2 when the inputs cannot be compared
+(missing, corrupt or malformed records, mixed protocols, a bad tolerance).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ class InputError(click.ClickException):
 @click.option("--allow-mixed", is_flag=True, help="Compare runs even when their protocol fingerprints differ.")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list values within tolerance.")
-def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all) -> None:
+@click.option("--shared-only", is_flag=True,
+              help="Compare only the runs both sets contain; count the others instead of failing on them.")
+def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all, shared_only) -> None:
     """Compare CURRENT run records with BASELINE (each a directory or a record file).
 
     Exits 1 if any metric got worse beyond its tolerance, or a run failed, is
-    incomplete (stopped at its wall-clock cap) or disappeared; 2 if the inputs cannot be compared.
+    incomplete (stopped at its wall-clock cap) or disappeared (unless --shared-only); 2 if the
+    inputs cannot be compared (unreadable or malformed records, mixed protocols, a bad tolerance).
     """
     from gmbench.compare import DEFAULT_TOLERANCE, compare_records, parse_tolerances, render
     from gmbench.leaderboard import load_results, metric_directions
@@ -39,7 +43,8 @@ def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all) ->
         base = load_results([baseline])
         cur = load_results([current])
         result = compare_records(base, cur, metric_directions(Registries()), tolerances,
-                                 default_tol or DEFAULT_TOLERANCE, allow_mixed=allow_mixed)
+                                 default_tol or DEFAULT_TOLERANCE, allow_mixed=allow_mixed,
+                                 shared_only=shared_only)
     except RecordError as exc:
         raise InputError(str(exc)) from None
     click.echo(render(result, fmt, show_all))

@@ -22,7 +22,13 @@ import click
 @click.option("--fid-reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Split FID compares against (part of the fingerprint; docs/metrics.md).")
 def eval_(dataset, samples_path, label, budget, seed, out_dir, device, value_range, fid_reference) -> None:
-    """Score external samples with the metrics of DATASET; the record is labelled source=external."""
+    """Score external samples with the metrics of DATASET; the record is labelled source=external.
+
+    \b
+    Exit status: 0 scored; 1 bad input, nothing scored; 3 no metric could score
+    the samples (a failed record is written, saying why).
+    """
+    from gmbench.cli import checks
     from gmbench.external import score_external
     from gmbench.loading import LoadError
     from gmbench.plugins import Registries
@@ -32,6 +38,9 @@ def eval_(dataset, samples_path, label, budget, seed, out_dir, device, value_ran
     modality = getattr(reg.datasets.get(dataset.partition(":")[0]), "modality", "image")
     if fid_reference != "train" and modality != "image":
         raise click.BadParameter(f"FID scores images; {dataset} holds {modality} data", param_hint="--fid-reference")
+    checks.check_device(device)
+    checks.check_dataset_paths([dataset])
+    checks.check_writable_dir(out_dir, "--out")
     try:
         rec = score_external(reg, dataset, samples_path, label, budget, out_dir, seed=seed, device=device,
                              value_range=value_range, eval_options=fid_reference_options(fid_reference))
@@ -40,7 +49,8 @@ def eval_(dataset, samples_path, label, budget, seed, out_dir, device, value_ran
     for warning in rec["samples"]["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if rec["status"] != "ok":
-        raise click.ClickException(f"no metric could score the samples: {rec['error']}")
+        click.echo(f"Error: no metric could score the samples: {rec['error']}", err=True)
+        click.get_current_context().exit(checks.RUN_FAILED_EXIT)
     click.echo(f"{label} on {dataset} ({rec['samples']['n_scored']} samples, budget {budget}) -> {Path(out_dir).resolve()}")
     for e in rec["metrics"]:
         value = f"{e['value']:.6g}" if e.get("value") is not None else e.get("error") or e.get("skipped")

@@ -24,6 +24,8 @@ def floor(datasets, budget, seeds, out_dir, device, fid_reference) -> None:
     from gmbench.plugins import Registries
     from gmbench.records import write_record
 
+    from gmbench.cli import checks
+
     reg = Registries()
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if not names:
@@ -31,10 +33,14 @@ def floor(datasets, budget, seeds, out_dir, device, fid_reference) -> None:
     reg.budgets.get(budget)  # unknown names fail here, before any record is written
     for name in names:
         reg.datasets.get(name.partition(":")[0])
+    seed_list = _parse_seeds(seeds)
+    checks.check_device(device)
+    checks.check_dataset_paths(names)
+    checks.check_writable_dir(out_dir, "--out")
     # the default (train) adds no option, as for `gmbench run` and `gmbench eval`, so fingerprints match
     options = {"fid_reference_split": fid_reference} if fid_reference != "train" else {}
     for name in names:
-        for seed in _parse_seeds(seeds):
+        for seed in seed_list:
             rec = floor_record(reg, name, budget, seed, device=device, eval_options=options)
             path = write_record(out_dir, floor_spec(name, rec["budget"], seed, device, options), rec)
             value = _primary(reg, rec)

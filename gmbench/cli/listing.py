@@ -43,6 +43,45 @@ def plugins_list(as_json: bool) -> None:
     emit(rows, as_json)
 
 
+@plugins.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_show(name: str, as_json: bool) -> None:
+    """One method's hyper-parameters: what `gmbench run --set NAME.KEY=VALUE` accepts.
+
+    Types, defaults and docs come from the method class's ``__init__`` signature and
+    the ``Args:`` section of its docstring.
+    """
+    from gmbench.cli.checks import hparams_of
+
+    reg = _registries()
+    cls = reg.methods.get(name)
+    params, open_ended = hparams_of(cls)
+    rows = [{"name": p.name, "type": p.annotation or (type(p.default).__name__ if p.default is not None else ""),
+             "default": p.default, "doc": _plain(p.doc)} for p in params]
+    if as_json:
+        emit(rows, True)
+        return
+    d = cls.describe()
+    click.echo(f"{name}: {d.get('title') or ''} ({d['family']}, arXiv:{d['paper']}); modalities: {', '.join(d['modalities'])}")
+    click.echo(f"hyper-parameters (gmbench run --set {name}.KEY=VALUE; values are JSON, else strings):")
+    if not rows:
+        click.echo("(none)")
+    else:
+        emit([{**r, "default": "null" if r["default"] is None else repr(r["default"])} for r in rows], False,
+             ["name", "type", "default", "doc"])
+    if open_ended:
+        click.echo(f"{name} also takes keyword arguments not listed here (**kwargs): other keys are passed through unchecked")
+
+
+def _plain(doc: str) -> str:
+    """Docstring markup to terminal text: ``x`` -> x, :class:`~a.b.C` -> C."""
+    import re
+
+    doc = re.sub(r":\w+:`~?([^`]*?)`", lambda m: m.group(1).rsplit(".", 1)[-1], doc)
+    return doc.replace("``", "")
+
+
 @click.group()
 def datasets() -> None:
     """Registered datasets."""

@@ -44,10 +44,25 @@ from tabulate import tabulate
               help="Save each trained run's weights here (safetensors), for --load.")
 @click.option("--fid-reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Split image FID compares against (part of the fingerprint; docs/metrics.md).")
+@click.option("--allow-failures", is_flag=True,
+              help="Exit 0 even when some runs failed or are incomplete (sweeps that expect some).")
 def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online, executor, jobs, ray_address, cpus_per_run,
         threads, gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, settings, checkpoint_dir,
-        fid_reference) -> None:
-    """Run every selected method on every dataset it supports, then rank them."""
+        fid_reference, allow_failures) -> None:
+    """Run every selected method on every dataset it supports, then rank them.
+
+    Everything that can be checked without training (names, --set keys and types,
+    --device, dataset paths, seeds, that --out is writable) is checked before the
+    first run starts.
+
+    \b
+    Exit status:
+      0  every run is ok (or was already done, or runs in another process)
+      1  bad input, nothing was run (one-line error; 2 for a malformed option)
+      3  some run failed or is incomplete (its record says why);
+         --allow-failures exits 0 instead
+    """
+    from gmbench.cli import checks
     from gmbench.execution import ExecutionError, RunOptions, make_executor
     from gmbench.plugins import Registries
     from gmbench.runner import expand, run_all
@@ -55,11 +70,17 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     if online:
         os.environ.pop("HF_DATASETS_OFFLINE", None)
     reg = Registries()
-    matrix = expand(reg, plugins=plugins, datasets=datasets, budget=budget, seeds=_parse_seeds(seeds), device=device)
+    seed_list = _parse_seeds(seeds)
+    if datasets:
+        checks.check_dataset_paths(datasets.split(","))
+    matrix = expand(reg, plugins=plugins, datasets=datasets, budget=budget, seeds=seed_list, device=device)
+    checks.check_explicit_pairs(reg, plugins, datasets)
     if not matrix.specs:
         raise click.ClickException("nothing to run: no selected method supports the selected datasets")
     matrix.specs = _configure(matrix.specs, precision, _parse_loads(loads, {s.method for s in matrix.specs}))
-    matrix.specs = _apply_settings(matrix.specs, _parse_settings(settings, {s.method for s in matrix.specs}))
+    parsed_settings = _parse_settings(settings, {s.method for s in matrix.specs})
+    checks.check_settings(reg, parsed_settings)
+    matrix.specs = _apply_settings(matrix.specs, parsed_settings)
     matrix.specs = _apply_fid_reference(reg, matrix.specs, fid_reference)
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
@@ -68,6 +89,11 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
         raise click.ClickException("--device: under Ray use --device cuda, not cuda:N: Ray assigns each run its GPU")
     if gpus_per_run is None:
         gpus_per_run = 1 if device.startswith("cuda") else 0
+    if executor != "ray":  # under Ray the GPUs are the cluster's, not necessarily this machine's
+        checks.check_device(device)
+    checks.check_writable_dir(out_dir, "--out")
+    if checkpoint_dir:
+        checks.check_writable_dir(checkpoint_dir, "--save-checkpoints")
     options = RunOptions(checkpoint_dir=checkpoint_dir, memory_cap_mb=memory_cap_mb, grace_s=grace_s, deterministic=deterministic,
                          threads=threads)
     try:
@@ -106,6 +132,9 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
         click.echo(f"some runs did not finish ok; see their records in {out_dir}", err=True)
     click.echo(f"gmbench: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete, "
                f"{counts['skipped']} skipped (running elsewhere), {len(matrix.specs) - len(records)} already done")
+    if (counts["failed"] or counts["incomplete"]) and not allow_failures:
+        # the summary above stays the last line on stdout; scripts read the status
+        click.get_current_context().exit(checks.RUN_FAILED_EXIT)
 
 
 def _say_what_happens_to_existing(specs, out_dir, resume: bool, force: bool) -> None:
@@ -198,13 +227,9 @@ def _apply_fid_reference(reg, specs, split: str):
 
 
 def _parse_seeds(text: str) -> list[int]:
-    text = text.strip()
-    try:
-        if text.endswith("x"):
-            return list(range(int(text[:-1])))
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give comma-separated integers (0,1,2) or a count like 3x", param_hint="--seeds") from None
+    from gmbench.cli.checks import parse_seeds
+
+    return parse_seeds(text)
 
 
 def summary_table(reg, out_dir, spec_hashes) -> str:
