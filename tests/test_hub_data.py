@@ -95,7 +95,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
         _png(root / "black" / f"{i}.png", (24, 20), (0, 0, 0))
         _png(root / "white" / f"{i}.png", (20, 24), (255, 255, 255))
     d = ImageFolderDataset(str(root), size=16, test_fraction=0.25, cache_dir=str(tmp_path / "cache"))
-    train, test = d.split("train"), d.split("test")
+    train, test = d._load("train"), d.split("test")
     assert train.x.shape == (6, 3, 16, 16) and test.x.shape == (2, 3, 16, 16)
     assert train.x.dtype == torch.float32
     assert train.x.min() >= -1.0 and train.x.max() <= 1.0
@@ -117,9 +117,9 @@ def test_image_folder_with_split_folders_and_grey(tmp_path):
         _png(root / "train" / f"{i}.png", (8, 8), (128, 128, 128))
     _png(root / "test" / "0.png", (8, 8), (0, 0, 0))
     d = ImageFolderDataset(str(root), size=8, channels=1, cache_dir=str(tmp_path / "cache"))
-    assert d.split("train").x.shape == (3, 1, 8, 8) and d.split("test").x.shape == (1, 1, 8, 8)
-    assert d.split("train").y is None and d.spec().num_classes is None
-    assert torch.allclose(d.split("train").x, torch.full((3, 1, 8, 8), 128 / 127.5 - 1), atol=1e-6)
+    assert d._load("train").x.shape == (3, 1, 8, 8) and d.split("test").x.shape == (1, 1, 8, 8)
+    assert d._load("train").y is None and d.spec().num_classes is None
+    assert torch.allclose(d._load("train").x, torch.full((3, 1, 8, 8), 128 / 127.5 - 1), atol=1e-6)
 
 
 def test_image_folder_bad_path():
@@ -135,7 +135,7 @@ def test_text_file_windows_and_vocab(tmp_path, monkeypatch):
     path = tmp_path / "corpus.txt"
     path.write_text(text)
     d = TextFileDataset(str(path), seq_len=8, test_fraction=0.2, cache_dir=str(tmp_path / "cache"))
-    train = d.split("train")
+    train = d._load("train")
     cut = len(text) - round(len(text) * 0.2)
     assert d.vocab == "".join(sorted(set(text[:cut])))
     assert d.spec().vocab_size == len(d.vocab) and d.spec().shape == (8,)
@@ -158,9 +158,9 @@ def test_text_file_subset_is_seeded(tmp_path):
         return TextFileDataset(str(path), data_seed=seed, seq_len=16, n_train=50, cache_dir=str(tmp_path / "c"))
 
     a, b, c = make(0), make(0), make(1)
-    assert a.split("train").x.shape == (50, 16)
-    assert torch.equal(a.split("train").x, b.split("train").x)
-    assert not torch.equal(a.split("train").x, c.split("train").x)
+    assert a._load("train").x.shape == (50, 16)
+    assert torch.equal(a._load("train").x, b._load("train").x)
+    assert not torch.equal(a._load("train").x, c._load("train").x)
 
 
 def _image_parquet(path, n, column, mode, size, seed):
@@ -182,13 +182,13 @@ def test_hub_image_class_from_local_parquet(cls, column, mode, tmp_path):
     _image_parquet(tmp_path / "test.parquet", 5, column, mode, size, seed=1)
     files = {"train": str(tmp_path / "train.parquet"), "test": str(tmp_path / "test.parquet")}
     d = cls(data_files=files, cache_dir=str(tmp_path / "cache"))
-    train, test = d.split("train"), d.split("test")
+    train, test = d._load("train"), d.split("test")
     assert train.x.shape == (12, *d.spec().shape) and test.x.shape == (5, *d.spec().shape)
     expected = torch.from_numpy(train_px).float() / 127.5 - 1
     expected = expected[:, None] if mode == "L" else expected.permute(0, 3, 1, 2)
     assert torch.allclose(train.x, expected)
     assert train.y.tolist() == [i % 10 for i in range(12)]
-    sub = cls(n_train=4, data_files=files, cache_dir=str(tmp_path / "cache")).split("train")
+    sub = cls(n_train=4, data_files=files, cache_dir=str(tmp_path / "cache"))._load("train")
     assert sub.x.shape[0] == 4 and set(sub.y.tolist()) <= set(train.y.tolist())
 
 
@@ -198,6 +198,20 @@ def test_hub_text_class_from_local_parquet(tmp_path):
         files[split] = str(tmp_path / f"{split}.parquet")
         datasets.Dataset.from_dict({"text": [text]}).to_parquet(files[split])
     d = TinyShakespeare(seq_len=10, data_files=files, cache_dir=str(tmp_path / "cache"))
-    assert d.split("train").x.shape == (33, 10)
+    assert d._load("train").x.shape == (33, 10)
     assert d.decode(d.split("test").x[0]) == "we proceed"
     assert d.fingerprint_fields()["vocab_size"] == len(d.vocab)
+
+
+def test_hub_validation_split_is_carved_from_train_and_held_out(tmp_path):
+    """Loaders' assertions above read the raw train split (``_load``); the suite trains on it
+    minus a seeded 15% validation carve, which selection uses and training never sees."""
+    from gmbench.data.hub import TextFileDataset as TextFile
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    d = TextFile(path=str(path), seq_len=10, cache_dir=str(tmp_path / "cache"))
+    raw, train, val = d._load("train"), d.split("train"), d.split("val")
+    assert len(train) + len(val) == len(raw) and len(val) == round(0.15 * len(raw))
+    rows = {tuple(r.tolist()) for r in raw.x}
+    assert all(tuple(r.tolist()) in rows for r in torch.cat([train.x, val.x]))
