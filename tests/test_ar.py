@@ -71,7 +71,7 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_position(size):
     x = torch.randint(0, V, (5, 24), generator=gen(1))
     with torch.no_grad():
         full = method.logits(x)
-        cache, inputs = method.net.new_cache(5), method._inputs(x)
+        cache, inputs = method.net.new_cache(), method._inputs(x)
         stepped = torch.cat([method.net(inputs[:, i : i + 1], cache) for i in range(24)], dim=1)
     assert cache.length == 24
     torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-4)
@@ -87,7 +87,7 @@ def test_cached_decoding_with_learned_positions():
     lm.eval()
     ids = torch.randint(0, V + 1, (3, 12), generator=gen(2))
     with torch.no_grad():
-        cache = lm.new_cache(3)
+        cache = lm.new_cache()
         stepped = torch.cat([lm(ids[:, i : i + 1], cache) for i in range(12)], dim=1)
         torch.testing.assert_close(stepped, lm(ids), rtol=1e-4, atol=1e-4)
 
@@ -103,6 +103,22 @@ def test_cached_sampler_gives_the_same_tokens_as_the_uncached_one(hparams):
     # a real check: many tokens, mostly distinct rows (a sampler stuck on one path would pass trivially)
     assert len(torch.unique(a)) > 5 and len(torch.unique(a, dim=0)) > 48
     assert not torch.equal(a, cached.sample(64, "ancestral", 32, gen(4)))
+
+
+def test_cached_decoding_under_the_hosts_bf16_autocast():
+    # the host may sample under bf16 autocast (gmbench.execution.precision): the cache then
+    # holds bf16 keys and values, the attention reads them in the queries' dtype
+    from gmbench.execution.precision import autocast
+
+    method = make_ar(16)
+    x = torch.randint(0, V, (4, 16), generator=gen(12))
+    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"):
+        cache, inputs = method.net.new_cache(), method._inputs(x)
+        stepped = torch.cat([method.net(inputs[:, i : i + 1], cache) for i in range(16)], dim=1)
+        out = method.sample(8, "ancestral", 16, gen(13))
+    assert cache.keys[0].dtype == torch.bfloat16
+    torch.testing.assert_close(stepped.float(), method.logits(x), rtol=0.05, atol=0.1)
+    assert out.shape == (8, 16) and bool(((out >= 0) & (out < V)).all())
 
 
 def test_cache_saves_the_prefix_recomputation():

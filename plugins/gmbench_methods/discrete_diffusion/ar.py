@@ -76,16 +76,27 @@ DEFAULT_LENGTH = 64
 
 
 class KVCache:
-    """Keys and values of the positions decoded so far, per block: ``(N, heads, L, head_dim)`` buffers."""
+    """Keys and values of the positions decoded so far, per block: ``(N, heads, L, head_dim)`` buffers,
+    allocated at the first position in the dtype the keys come in (float32, or bf16 under the host's
+    autocast: the attention then reads the cache in the queries' dtype)."""
 
-    def __init__(self, net: Transformer, n: int, device, dtype) -> None:
-        block = net.blocks[0].attn
-        heads = block.heads
-        head_dim = block.qkv.in_features // heads
-        shape = (n, heads, net.seq_len, head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in net.blocks]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in net.blocks]
+    def __init__(self, net: Transformer) -> None:
+        self.seq_len, self.depth = net.seq_len, len(net.blocks)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
         self.length = 0
+
+    def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``, ``v`` (``(N, heads, 1, head_dim)``) at position ``length``; return every
+        key and value so far, positions ``0..length``."""
+        if not self.keys:
+            shape = (*k.shape[:2], self.seq_len, k.shape[3])
+            self.keys = [k.new_empty(shape) for _ in range(self.depth)]
+            self.values = [v.new_empty(shape) for _ in range(self.depth)]
+        p = self.length
+        self.keys[block][:, :, p : p + 1] = k
+        self.values[block][:, :, p : p + 1] = v
+        return self.keys[block][:, :, : p + 1], self.values[block][:, :, : p + 1]
 
 
 class CausalLM(nn.Module):
@@ -102,8 +113,8 @@ class CausalLM(nn.Module):
         # vocab_size + 1 ids: the extra one is BOS; V outputs (BOS is never predicted)
         self.backbone = Transformer(vocab_size + 1, seq_len, out_dim=vocab_size, size=size, causal=True)
 
-    def new_cache(self, n: int) -> KVCache:
-        return KVCache(self.backbone, n, self.backbone.out.weight.device, self.backbone.out.weight.dtype)
+    def new_cache(self) -> KVCache:
+        return KVCache(self.backbone)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if cache is None:
@@ -133,10 +144,9 @@ class CausalLM(nn.Module):
             q, k, v = attn.qkv(block.norm1(h)).view(n, 1, 3, attn.heads, width // attn.heads).permute(2, 0, 3, 1, 4)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            cache.keys[i][:, :, p : p + 1] = k
-            cache.values[i][:, :, p : p + 1] = v
+            keys, values = cache.append(i, k, v)
             # the query at p may attend to every cached position 0..p: no mask needed
-            out = F.scaled_dot_product_attention(q, cache.keys[i][:, :, : p + 1], cache.values[i][:, :, : p + 1])
+            out = F.scaled_dot_product_attention(q, keys, values)
             h = h + attn.drop(attn.proj(out.transpose(1, 2).reshape(n, 1, width)))
             h = h + block.mlp(block.norm2(h))
         cache.length = p + 1
@@ -285,7 +295,7 @@ class AR(Method):
         prev = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
         calls = 0
         with self._inference():
-            cache = self.net.new_cache(n) if self.cache else None
+            cache = self.net.new_cache() if self.cache else None
             for i in range(self.seq_len):
                 if cache is not None:
                     logits = self.net(prev, cache)[:, -1]
