@@ -73,6 +73,8 @@ class Selection:
 
     @property
     def note(self) -> str:
+        if self.sampler is None and self.nfe is None:
+            return "— (a model metric: nothing to choose)"  # e.g. test bits/char: one value per run
         return "validation" if self.chosen_on == VAL else "test (no validation values)"
 
 
