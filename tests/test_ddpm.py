@@ -55,16 +55,16 @@ def gen(seed: int = 0) -> torch.Generator:
 class GaussianOptimalEps(nn.Module):
     """The exact E[eps | x_t] for x_0 ~ N(m, s^2 I); counts its calls."""
 
-    def __init__(self, m, s: float):
+    def __init__(self, m, s: float, abar=ABAR):
         super().__init__()
         self.m, self.s, self.calls = torch.as_tensor(m, dtype=torch.float64), s, 0
-        self.abar = torch.tensor(ABAR)
+        self.abar, self.T = torch.tensor(abar), len(abar) - 1
 
     def forward(self, x, t):
         self.calls += 1
-        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1) * T  # the plugin passes t / T
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1) * self.T  # the plugin passes t / T
         k = t.round().long()
-        assert torch.allclose(t, k.double(), atol=1e-3) and 1 <= int(k.min()) and int(k.max()) <= T
+        assert torch.allclose(t, k.double(), atol=1e-3) and 1 <= int(k.min()) and int(k.max()) <= self.T
         ab = self.abar[k].reshape(-1, *([1] * (x.ndim - 1)))  # broadcast over vectors and images
         eps = (1 - ab).sqrt() * (x.double() - ab.sqrt() * self.m) / (ab * self.s**2 + 1 - ab)
         return eps.to(x.dtype)
@@ -177,9 +177,9 @@ def test_ancestral_with_optimal_eps_samples_the_data_distribution(sigma2):
     assert (x.std(0) / s - 1).abs().max() < 0.02
 
 
-def expected_bound(m: torch.Tensor, s: float, sigma2: str) -> float:
+def expected_bound(m: torch.Tensor, s: float, sigma2: str, a=ABAR) -> float:
     """E over x_0 ~ N(m, s^2 I) of the bound (Eq. 5) for the optimal model, in nats."""
-    d, a = len(m), ABAR
+    d, T = len(m), len(a) - 1  # noqa: N806 - the paper's T, here of this schedule
     post_var = lambda t: s**2 * (1 - a[t]) / (a[t] * s**2 + 1 - a[t])  # noqa: E731 - Var(x0 | x_t)
     total = 0.5 * (d * (1 - a[T]) + a[T] * (float(m @ m) + d * s**2) - d - d * math.log(1 - a[T]))  # L_T
     beta1 = 1 - a[1]
@@ -293,6 +293,41 @@ def test_sampler_at_few_steps_has_the_exact_law_of_its_respaced_chain(sampler, s
     assert abs(float(x.var()) - var) < 5 * se_var, (float(x.var()), var, se_var)
     if clip:
         assert x.min() >= -1 and x.max() <= 1
+
+
+@pytest.mark.parametrize("vlb_draws", [1, 10, 100, T - 2, T - 1, T, "all"])
+def test_bound_strata_partition_the_terms_t_2_to_T(vlb_draws):
+    """Every term t = 2..T of the bound's sum lies in exactly one stratum, weighted by its size;
+    from T - 1 draws on (one per term) the sum is exact: each t once, with weight 1."""
+    method, _ = optimal_ddpm(vlb_draws=vlb_draws)
+    t, weights = method._vlb_timesteps(64, gen(8))
+    assert t.shape == (len(weights), 64) and float(weights.sum()) == T - 1
+    upper = torch.cumsum(weights, 0).long() + 2  # stratum k holds 2 + sum(w[:k]) .. upper[k] - 1
+    lower = upper - weights.long()
+    assert int(lower[0]) == 2 and int(upper[-1]) == T + 1
+    assert bool(((t >= lower[:, None]) & (t < upper[:, None])).all())
+    if vlb_draws == "all" or vlb_draws >= T - 1:
+        assert t[:, 0].tolist() == list(range(2, T + 1)) and bool((weights == 1).all())
+    else:
+        assert len(weights) <= vlb_draws
+
+
+@pytest.mark.parametrize("sigma2", ["beta", "beta_tilde"])
+def test_bound_of_a_short_chain_matches_closed_form_term_by_term(sigma2):
+    """T = 10: q(x_T|x_0) stays far from N(0, I), so L_T is nats, not 1e-5 nats, and an error in
+    it (or in L_0, or any KL term) shows; all T - 1 terms are summed (vlb_draws="all")."""
+    t_short, m, s, n = 10, torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5, 4000
+    abar = np.concatenate([[1.0], np.cumprod(1 - np.linspace(1e-4, 0.02, t_short))])
+    method = DDPM(TOY, model_size="tiny", ema_decay=0, T=t_short, sigma2=sigma2, vlb_draws="all")
+    method.net = GaussianOptimalEps(m, s, abar)
+    x0 = (m + s * torch.randn(n, 2, generator=gen(15), dtype=torch.float64)).float()
+    bound = -method.log_likelihood(x0, gen(16)).double()
+    se = float(bound.std()) / math.sqrt(n)
+    # L_T is deterministic in x_0 (0.5 abar_T |x_0|^2 + const): take it at this sample's |x_0|^2
+    # rather than its expectation, so only the Monte-Carlo terms are left to the tolerance
+    l_t_shift = 0.5 * abar[t_short] * float(x0.double().pow(2).sum(1).mean() - (m @ m + 2 * s**2))
+    expected = expected_bound(m, s, sigma2, abar) + l_t_shift
+    assert abs(float(bound.mean()) - expected) < 4 * se, (float(bound.mean()), expected, se)
 
 
 # ------------------------------------------------------------------ sampler mechanics
