@@ -15,7 +15,6 @@ Closed forms checked, each derived here independently of the plugin's code:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
@@ -25,7 +24,7 @@ import torch
 from scipy.linalg import expm
 from torch import nn
 
-from gmbench.budget import SMOKE
+from gmbench.budget import SMALL, SMOKE
 from gmbench.data.base import DataSpec
 from gmbench.data.toy2d import EightGaussians
 from gmbench.method import MethodError
@@ -149,14 +148,23 @@ def test_dopri5_reaches_the_exact_flow_map():
     assert 6 <= net.calls < 200  # adaptive: what it used (the host records the count)
     info = method.sampler("dopri5")
     assert info.adaptive and not info.adjustable_nfe and method.sampler("midpoint").calls_per_step == 2
+    # its declared NFE only schedules it after every fixed-step setting (cheapest first)
+    from gmbench.evaluate import sampler_grid
+
+    for budget in (SMOKE, SMALL):
+        assert sampler_grid(method, budget)[-1] == ("dopri5", 100)
+    assert FlowMatching(TOY).likelihood_steps == 50 and FlowMatching(IMAGE).likelihood_steps == 8
 
 
 def test_images_are_clamped_and_sampling_is_seeded():
+    torch.manual_seed(0)
     method = FlowMatching(IMAGE, model_size="tiny")
     nn.init.normal_(method.net.out.weight, std=5.0)  # a wild untrained network
     for sampler in ("euler", "midpoint"):
         a, b, c = (method.sample(4, sampler, 3, gen(s)) for s in (1, 1, 2))
         assert a.shape == (4, 1, 3, 3) and a.min() >= -1 and a.max() <= 1
+        assert bool((a.abs() == 1).any())  # some values were clamped
+        # interior values tell the seeds apart (clamped ones may coincide)
         assert torch.equal(a, b) and not torch.equal(a, c)
 
 

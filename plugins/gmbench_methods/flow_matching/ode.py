@@ -38,6 +38,10 @@ from torch import nn
 from gmbench.backbones import MLP, UNet
 from gmbench.data.base import DataSpec
 
+#: RK4 steps of the likelihood ODE for likelihood_steps="auto" (cost and discretisation error
+#: on digits: see the flow_matching module doc)
+DEFAULT_LIKELIHOOD_STEPS = {"toy2d": 50, "image": 8}
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 
