@@ -255,6 +255,10 @@ def summary_table(reg, out_dir, spec_hashes) -> str:
                 values = selected_values(mine, metric, sel) if sel else {}
                 where = f"{sel.sampler}@{sel.nfe}" if sel and sel.sampler else ""
                 for r in mine:
+                    if sel and sel.sampler:  # the NFE the host counted for one sample, where recorded
+                        counted = next((c.get("nfe_counted") for c in (r.get("cost") or {}).get("sampling", [])
+                                        if (c.get("sampler"), c.get("nfe")) == (sel.sampler, sel.nfe)), None)
+                        where = f"{sel.sampler}@{counted if counted is not None else sel.nfe}"
                     done = f"incomplete ({float(r.get('budget_spent') or 0):.0%} of budget)" if status == "incomplete" else "ok"
                     rows.append([label, r["seed"], values.get(int(r["seed"])), where, sel.note if sel else "", done])
         rows += [[method_label(r), r["seed"], None, "", "", r["status"]] for r in records
@@ -262,5 +266,5 @@ def summary_table(reg, out_dir, spec_hashes) -> str:
         sign = 1 if direction == "lower" else -1
         rows.sort(key=lambda row: (row[5] != "ok", row[2] is None, sign * row[2] if row[2] is not None else 0, row[0], row[1]))
         blocks.append(f"{dataset}: ranked by {metric} ({direction} is better), test value at the setting chosen on validation\n"
-                      + tabulate(rows, headers=["method", "seed", metric, "sampler@nfe", "chosen on", "status"], floatfmt=".4g"))
+                      + tabulate(rows, headers=["method", "seed", metric, "sampler@counted NFE", "chosen on", "status"], floatfmt=".4g"))
     return "\n\n".join(blocks)
