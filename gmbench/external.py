@@ -72,30 +72,10 @@ def score_external(
     spec = RunSpec(label, dataset_token, budget.name, seed, device, load=f"{path}", eval_options=options)
     ctx = eval_context(dataset, budget, seed, device, cache_dir, extractors=reg.feature_extractors, options=dict(options))
     fields = protocol_fields(dataset, budget, metrics, ctx)
-    record = {
-        "schema": SCHEMA_VERSION,
-        "method": label,
-        "dataset": dataset_token,
-        "budget": budget.name,
-        "seed": seed,
-        "hparams": {},
-        "spec_hash": spec.spec_hash,
-        "precision": "fp32",
-        "source": "external",
-        "samples": {"path": str(path), "sha256": digest, "n_in_file": len(samples), "n_scored": n, "rows": rows,
-                    "value_range": list(value_range) if value_range else None, "warnings": warnings},
-        "eval_options": dict(options),
-        "status": "failed",
-        "error": None,
-        "started_at": _now(),
-        "likelihood": "none",
-        "modality": dataset.modality,
-        "provenance": provenance(device),
-        "fingerprint_fields": fields,
-        "fingerprint": fingerprint(fields),
-        "train": None,
-        "cost": {"params": None, "train_flops": None, "train_seconds": None, "sampling": []},
-    }
+    record = given_samples_record(spec, dataset, fields, "external", device, samples={
+        "path": str(path), "sha256": digest, "n_in_file": len(samples), "n_scored": n, "rows": rows,
+        "value_range": list(value_range) if value_range else None, "warnings": warnings},
+        eval_options=dict(options))
     entries = []
     for metric in (m for m in metrics if m.kind == "samples"):
         entries += _run_metric(metric, ctx, sampler=EXTERNAL_SAMPLER, nfe=None, samples=scored)
@@ -129,6 +109,34 @@ def _folder_digest(path: Path) -> str:
     for f in sample_files(path):  # the files read, not the hidden ones beside them
         h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
     return h.hexdigest()
+
+
+def given_samples_record(spec: RunSpec, dataset, fields: dict, source: str, device: str, **extra) -> dict:
+    """The fields of a record that scores samples given from outside a method: external
+    files (``source="external"``) and noise floors (``"reference"``); ``status`` is
+    ``failed`` until the caller has scored them."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "budget": spec.budget,
+        "seed": spec.seed,
+        "hparams": {},
+        "spec_hash": spec.spec_hash,
+        "precision": "fp32",
+        "source": source,
+        **extra,
+        "status": "failed",
+        "error": None,
+        "started_at": _now(),
+        "likelihood": "none",
+        "modality": dataset.modality,
+        "provenance": provenance(device),
+        "fingerprint_fields": fields,
+        "fingerprint": fingerprint(fields),
+        "train": None,
+        "cost": {"params": None, "train_flops": None, "train_seconds": None, "sampling": []},
+    }
 
 
 def _now() -> str:

@@ -45,7 +45,8 @@ from gmbench.data.synthlang import SyntheticLanguage
 from gmbench.data.toy2d import Toy2D
 from gmbench.evaluate import _run_metric, eval_context, protocol_fields
 from gmbench.metrics.base import check_samples
-from gmbench.records import SCHEMA_VERSION, RecordError, RunSpec, fingerprint, provenance
+from gmbench.external import given_samples_record
+from gmbench.records import RecordError, RunSpec
 
 FLOOR_METHOD = "floor"
 FLOOR_STREAM = 0xF100  # tags the floor's seed stream (see the module docstring)
@@ -102,38 +103,23 @@ def floor_record(reg, dataset_name: str, budget_name: str, seed: int, device: st
     ctx = eval_context(dataset, budget, seed, device, cache_dir, extractors=reg.feature_extractors,
                        options=dict(eval_options or {}))
     fields = protocol_fields(dataset, budget, metrics, ctx)
-    started = _now()
+    spec = floor_spec(dataset_name, budget.name, seed, device, eval_options)
+    kind = floor_kind(dataset)
+    record = given_samples_record(spec, dataset, fields, "reference", device, reference={
+        "label": kind, "samples": "true distribution" if kind == TRUE_DISTRIBUTION else "train split"})
     samples = check_samples(floor_samples(dataset, ctx.n_samples, seed), dataset)
+    record["reference"]["n"] = len(samples)
     entries = []
     for metric in (m for m in metrics if m.kind == "samples"):
         entries += [dict(e, split="test") for e in _run_metric(metric, ctx, sampler=None, nfe=None, samples=samples)]
     ok = [e for e in entries if e.get("error") is None and e.get("value") is not None]
-    kind = floor_kind(dataset)
-    return {
-        "schema": SCHEMA_VERSION,
-        "method": FLOOR_METHOD,
-        "dataset": dataset_name,
-        "budget": budget.name,
-        "seed": seed,
-        "hparams": {},
-        "spec_hash": floor_spec(dataset_name, budget.name, seed, device, eval_options).spec_hash,
-        "precision": "fp32",
-        "source": "reference",
-        "reference": {"label": kind, "samples": "true distribution" if kind == TRUE_DISTRIBUTION else "train split",
-                      "n": len(samples)},
-        "status": "ok" if ok else "failed",
-        "error": None if ok else next((e["error"] for e in entries if e.get("error")), "no sample metric applies"),
-        "started_at": started,
-        "finished_at": _now(),
-        "likelihood": "none",
-        "modality": dataset.modality,
-        "provenance": provenance(device),
-        "fingerprint_fields": fields,
-        "fingerprint": fingerprint(fields),
-        "train": None,
-        "cost": {"params": None, "train_flops": None, "train_seconds": None, "sampling": []},
-        "metrics": entries,
-    }
+    record.update(
+        status="ok" if ok else "failed",
+        error=None if ok else next((e["error"] for e in entries if e.get("error")), "no sample metric applies"),
+        finished_at=_now(),
+        metrics=entries,
+    )
+    return record
 
 
 def _now() -> str:
