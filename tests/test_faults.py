@@ -38,8 +38,9 @@ WORKER_ONLY = ("memory-hog", "sigkilled")
 HANGS = ("hangs", "hangs-sampling")
 
 #: hang deadline where runs must finish: a healthy faults run takes ~0.35 s on an idle
-#: 2-core machine (in-process; a worker's start-up is not counted), so >150x headroom
-HANG_TIMEOUT_S = 60.0
+#: 2-core machine, but a Ray task's worker took over 60 s under a loaded CI run (load
+#: average ~4 plus a publication run): 1200 s, so only a real hang reaches it
+HANG_TIMEOUT_S = 1200.0
 #: hang deadline where every run hangs (sleeps an hour): short, as no speed changes the verdict
 NEVER_FINISH_S = 1.0
 #: a run that took longer was not stopped by its hang deadline (the hangs sleep 3600 s);
