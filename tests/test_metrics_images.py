@@ -106,7 +106,7 @@ def test_fingerprint_names_extractor_weights_hash_and_reference(ctx):
     fields = ImageFidelity().fingerprint_fields(ctx)
     assert fields["extractor"] == "gmbench-cnn"
     assert fields["weights_sha256"] == sha256_file(PACKAGE_WEIGHTS / "digits-cnn.safetensors")
-    assert (fields["reference_split"], fields["reference_n"]) == ("train", 1438)
+    assert (fields["reference_split"], fields["reference_n"]) == ("train", 1222)  # 1797 - 359 test - 216 val
     assert fields["n_samples"] == 359 and fields["kid_subset_size"] == 359
     ctx.options["fid_reference_split"] = "test"
     assert ImageFidelity().fingerprint_fields(ctx)["reference_n"] == 359
@@ -118,7 +118,7 @@ def test_reference_statistics_are_cached_under_a_key_of_what_they_depend_on(ctx,
     first = metric.score_samples(x, ctx)
     files = sorted(p.name for p in (tmp_path / "fidelity").iterdir())
     sha = sha256_file(PACKAGE_WEIGHTS / "digits-cnn.safetensors")[:16]
-    assert files and all(f.startswith(f"gmbench-digits-train-n1438-") and f"-w{sha}-gmbench-cnn-" in f for f in files)
+    assert files and all(f.startswith(f"gmbench-digits-train-n1222-") and f"-w{sha}-gmbench-cnn-" in f for f in files)
     assert any("stat-fid" in f for f in files)
     again = metric.score_samples(x, EvalContext(dataset=digits, n_samples=100, seed=0, cache_dir=str(tmp_path)))
     assert again == first  # served from the cache, same numbers
