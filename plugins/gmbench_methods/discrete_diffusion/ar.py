@@ -57,7 +57,6 @@ is compared with.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -69,7 +68,7 @@ from gmbench.backbones import Transformer, count_parameters
 from gmbench.backbones.transformer import apply_rotary
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
 
-from .masking import sample_categorical
+from .masking import inference, sample_categorical
 
 #: synthlang's default window: the class-level NFE shown before a dataset is known
 DEFAULT_LENGTH = 64
@@ -221,16 +220,6 @@ class AR(Method):
         # the trained module is a wrapper (CausalLM) around the shared Transformer
         return backbone_label("Transformer", self.model_size, count_parameters(self.net))
 
-    @contextlib.contextmanager
-    def _inference(self):
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.net.train(was_training)
-
     # -- the model ------------------------------------------------------------------
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,7 +251,7 @@ class AR(Method):
         deterministic (``generator`` is unused)."""
         x = self._check_tokens(x)
         parts = []
-        with self._inference():
+        with inference(self.net):
             for chunk in x.split(self.chunk_rows):
                 logp = self.logits(chunk).double().log_softmax(-1)
                 parts.append(logp.gather(-1, chunk[..., None]).squeeze(-1).sum(1))
@@ -294,7 +283,7 @@ class AR(Method):
         x = torch.empty(n, self.seq_len, dtype=torch.long, device=self.device)
         prev = torch.full((n, 1), self.bos_id, dtype=torch.long, device=self.device)
         calls = 0
-        with self._inference():
+        with inference(self.net):
             cache = self.net.new_cache() if self.cache else None
             for i in range(self.seq_len):
                 if cache is not None:

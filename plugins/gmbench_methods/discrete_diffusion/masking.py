@@ -24,6 +24,8 @@ arXiv 2406.07524):
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import torch
@@ -196,3 +198,15 @@ def unmask_step(
     step[..., mask_id] = 1.0 - alpha_s
     draw = sample_categorical(step, generator)
     return torch.where(z == mask_id, draw, z)
+
+
+@contextlib.contextmanager
+def inference(net: torch.nn.Module):
+    """``net`` in eval mode under ``torch.no_grad()``, its training mode restored afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        net.train(was_training)

@@ -47,7 +47,6 @@ time-unconditioned network. ``last_sampling`` reports the evaluations actually m
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 from torch import nn
@@ -57,7 +56,7 @@ from gmbench.backbones import Transformer
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
 
 from .masking import NoiseSchedule, get_schedule, mask_tokens, masked_nelbo, sample_categorical, stratified_times
-from .masking import subs_log_probs, unmask_step
+from .masking import inference, subs_log_probs, unmask_step
 
 
 class MDLM(Method):
@@ -155,16 +154,6 @@ class MDLM(Method):
         parts = [self._log_probs(zc, tc, dtype) for zc, tc in zip(z.split(self.chunk_rows), t.split(self.chunk_rows))]
         return torch.cat(parts) if parts else torch.empty(0, self.seq_len, self.vocab_size + 1, dtype=dtype)
 
-    @contextlib.contextmanager
-    def _inference(self):
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.net.train(was_training)
-
     # -- training -----------------------------------------------------------------
 
     def nelbo(self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -200,7 +189,7 @@ class MDLM(Method):
         t = stratified_times((n, k), generator).reshape(-1).to(self.device)
         xs = x.repeat_interleave(k, dim=0)
         z, masked = mask_tokens(xs, t, self.schedule, self.mask_id, generator)
-        with self._inference():
+        with inference(self.net):
             log_probs = self._log_probs_chunked(z, t)
         return -masked_nelbo(log_probs, xs, masked, t, self.schedule).view(n, k).mean(1)
 
@@ -218,7 +207,7 @@ class MDLM(Method):
         probs = torch.empty(z.shape[0], self.seq_len, self.vocab_size + 1, dtype=torch.float64, device=self.device)
         stale = torch.ones(z.shape[0], dtype=torch.bool, device=self.device)  # rows needing a network call
         evals = calls = 0
-        with self._inference():
+        with inference(self.net):
             for i in range(nfe):
                 if not self.cache or self.time_conditioning:
                     stale[:] = True
