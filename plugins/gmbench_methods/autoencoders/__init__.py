@@ -1,0 +1,1 @@
+"""autoencoders method plugins."""
