@@ -250,6 +250,7 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
         seconds = time.perf_counter() - t0
     cost = {
         "sampler": sampler,
+        "sampler_params": dict(method.sampler(sampler).params),
         "nfe": nfe,
         "nfe_counted": nfe_counted,
         "n": n,

@@ -43,7 +43,7 @@ A minimal method::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Iterator, Mapping, Union
 
 import torch
@@ -79,6 +79,12 @@ class SamplerInfo:
             and fails the run if they exceed ``nfe * calls_per_step``.
         adaptive: an adaptive solver (dopri5...): NFE is what it used, which the
             host records as counted; no declared count is checked.
+        params: the sampler's fixed parameters (``{"eta": 1.0}``, ``{"temperature": 0.7}``).
+            A method offers a published variant of one sampler as its own named
+            sampler with its parameters here (``ddim`` with eta 0 beside
+            ``ddim-eta1``), reads them back in ``sample`` through
+            ``self.sampler(name).params``, and the host records them beside every
+            metric of that sampler: same weights, no retraining.
     """
 
     name: str
@@ -87,6 +93,7 @@ class SamplerInfo:
     default_nfe: int = 1
     calls_per_step: float = 1.0
     adaptive: bool = False
+    params: Mapping[str, Union[float, int, str]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
