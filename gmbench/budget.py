@@ -39,6 +39,12 @@ class Budget:
         eval_samples: samples drawn per (sampler, NFE) for metrics, per modality.
         nfe_grid: NFE values tried for samplers whose NFE is adjustable.
         eval_timeout_s: cap on one run's evaluation time, in seconds.
+        curve_fractions: fractions of the training allowance at which a run also
+            evaluates its method on a cheap protocol (``gmbench.curve``), giving its
+            quality-versus-training-compute curve from the one run; the point at 1
+            is always taken. ``()`` takes no curve.
+        curve_samples: samples (or, for a likelihood primary metric, test examples)
+            per curve point, per modality.
     """
 
     name: str
@@ -50,6 +56,8 @@ class Budget:
     nfe_grid: tuple[int, ...]
     eval_timeout_s: float = 600.0
     description: str = ""
+    curve_fractions: tuple[float, ...] = ()
+    curve_samples: dict = field(default_factory=lambda: {"toy2d": 500, "image": 256, "text": 64})
 
     def flops_for(self, modality: str) -> float:
         return float(self.train_flops[modality])
@@ -150,6 +158,7 @@ SMALL = Budget(
     eval_samples={"toy2d": 2000, "image": 1000, "text": 256},
     nfe_grid=(10, 20, 50, 100),
     eval_timeout_s=900,
+    curve_fractions=(0.125, 0.25, 0.5),
     description="default of `gmbench run`: the whole suite in minutes on a 2-core CPU",
 )
 STANDARD = Budget(
@@ -161,6 +170,7 @@ STANDARD = Budget(
     eval_samples={"toy2d": 10000, "image": 10000, "text": 1000},
     nfe_grid=(10, 20, 50, 100, 250, 1000),
     eval_timeout_s=3600,
+    curve_fractions=(0.125, 0.25, 0.5),
     description="one GPU, hours for the suite",
 )
 LARGE = Budget(
@@ -172,6 +182,7 @@ LARGE = Budget(
     eval_samples={"toy2d": 50000, "image": 50000, "text": 5000},
     nfe_grid=(10, 20, 50, 100, 250, 1000),
     eval_timeout_s=4 * 3600,
+    curve_fractions=(0.125, 0.25, 0.5),
     description="GPU days: paper-scale comparisons",
 )
 

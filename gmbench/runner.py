@@ -30,7 +30,8 @@ from gmbench.checkpointing import CheckpointPolicy
 from gmbench.records import (SCHEMA_VERSION, RunSpec, SpecLock, finished, fingerprint, provenance, retire_record,
                              write_record)
 from gmbench.registry import RegistryError
-from gmbench.training import train
+from gmbench.curve import curve_evaluator, record_curve
+from gmbench.training import _milestone as training_milestone, train
 
 
 CHECKPOINTS_DIR = ".checkpoints"
@@ -226,7 +227,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     record["backbone"] = method.backbone()  # boards show it, and can hold it fixed (--same-backbone)
     generator = torch.Generator().manual_seed(spec.seed)  # data order and stage preparation
 
-    train_seconds = None
+    train_seconds, curve_s = None, [0.0]
     if spec.load:  # evaluate given weights: no training, no training cost claimed
         record["load"] = load_weights(method, spec.load)
     else:
@@ -235,10 +236,21 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
             policy = CheckpointPolicy(training_checkpoints, every_s=CHECKPOINT_EVERY_S, resume=True,
                                       every_steps=_checkpoint_every_steps())
             record["resumed"] = checkpointing.load(training_checkpoints) is not None
+        on_milestone = None
+        if budget.curve_fractions:
+            evaluate_point = curve_evaluator(method, dataset, budget, metrics, ctx, spec.seed)
+
+            def on_milestone(fraction: float) -> dict:
+                t = time.perf_counter()
+                try:
+                    return evaluate_point(fraction)
+                finally:
+                    curve_s[0] += time.perf_counter() - t
         t0 = time.perf_counter()
         with autocast(device, spec.precision):
-            stages = train(method, dataset.split("train").x, budget, modality, generator, checkpoints=policy)
-        train_seconds = time.perf_counter() - t0
+            stages = train(method, dataset.split("train").x, budget, modality, generator, checkpoints=policy,
+                           milestones=budget.curve_fractions, on_milestone=on_milestone)
+        train_seconds = time.perf_counter() - t0 - curve_s[0]  # curve points are evaluation, not training
         flops, allowed = sum(s.flops for s in stages), budget.flops_for(modality)
         record["train"] = {
             "stages": [s.to_dict() for s in stages],
@@ -252,11 +264,15 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         }
         if record["train"]["stopped"]:
             record["budget_spent"] = record["train"]["budget_spent"]
+        if on_milestone is not None:  # the last point of the curve: the end of training, same cheap protocol
+            with autocast(device, spec.precision):
+                end = training_milestone(method, on_milestone, 1.0)
+            record["curve"] = record_curve(record["train"]["stages"], end, flops)
         if checkpoint_dir is not None:
             record["checkpoint"] = save_checkpoint(method, checkpoint_path(checkpoint_dir, spec), {"spec": spec.key()})
     autocast_sampling(method, spec.precision)
     t0 = time.perf_counter()
-    profile = {"train_s": train_seconds}
+    profile = {"train_s": train_seconds, "curve_s": curve_s[0]}
     entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, ctx=ctx, profile=profile)
     eval_seconds = time.perf_counter() - t0
     record["metrics"] = entries

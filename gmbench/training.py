@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +45,8 @@ class StageReport:
     counted_steps: int = 0
     stopped: str = ""
     final_losses: dict = field(default_factory=dict)
+    #: quality-versus-compute points taken in this stage (see ``train``'s ``milestones``)
+    curve: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -120,6 +122,8 @@ def train(
     deadline: float | None = None,
     checkpoints: CheckpointPolicy | None = None,
     clock=time.monotonic,
+    milestones: Sequence[float] = (),
+    on_milestone: Callable[[float], dict] | None = None,
 ) -> list[StageReport]:
     """Train ``method`` on ``train_x`` under ``budget``; return one report per stage run.
 
@@ -134,6 +138,16 @@ def train(
     still evaluated (the runner records it ``incomplete``). With ``checkpoints``
     the state is saved periodically, at stage ends and when stopping, and
     ``checkpoints.resume`` continues from the last checkpoint.
+
+    ``milestones`` are fractions of the whole training allowance (0 < f < 1); when
+    the FLOPs spent first reach one, ``on_milestone(f)`` is called between steps and
+    its dict is kept, with the fraction, FLOPs and step, in that stage's
+    ``StageReport.curve`` (so a resumed run keeps the points it took). It runs
+    outside the meter (its work is evaluation, not training), in eval mode, with
+    the global RNG state restored afterwards (the run's result does not depend on
+    whether a curve was taken), and its wall time extends the deadline. A method
+    can only be evaluated once its last stage has started: milestones reached in an
+    earlier stage are recorded as skipped.
     """
     stages = method.stages()
     shares = sum(s.budget_share for s in stages)
@@ -187,6 +201,10 @@ def train(
         n = data.shape[0]
         losses: dict = {}
         last_saved, stopped = clock(), ""
+        spent_before = sum(r.flops for r in reports)
+        taken = {p["fraction"] for r in reports + [report] for p in r.curve}
+        pending = sorted(f for f in milestones if 0 < f < 1 and f not in taken)
+        last_stage = index == len(stages) - 1
 
         def save(in_stage: bool) -> None:
             report.seconds = clock() - t0
@@ -226,6 +244,18 @@ def train(
                 )
             if meter.over_budget:
                 break
+            spent = spent_before + report.prepare_flops + meter.total
+            while pending and spent >= pending[0] * total_allowed:
+                fraction = pending.pop(0)
+                point = {"fraction": fraction, "flops": spent, "stage": stage.name, "step": meter.steps}
+                if not last_stage or on_milestone is None:
+                    point["skipped"] = "the method samples only once its last stage has started"
+                else:
+                    t_eval = clock()
+                    point.update(_milestone(method, on_milestone, fraction))
+                    deadline += clock() - t_eval  # evaluation is not training time
+                    t0 += clock() - t_eval
+                report.curve.append(point)
             if checkpoints is not None and (clock() - last_saved >= checkpoints.every_s or (
                     checkpoints.every_steps and meter.steps % checkpoints.every_steps == 0)):
                 save(in_stage=True)
@@ -245,6 +275,17 @@ def train(
             break
     method.train(False)
     return reports
+
+
+def _milestone(method: Method, on_milestone: Callable[[float], dict], fraction: float) -> dict:
+    """``on_milestone(fraction)`` in eval mode with the RNG state of training untouched."""
+    cuda = [method.device.index or 0] if method.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        method.train(False)
+        try:
+            return dict(on_milestone(fraction))
+        finally:
+            method.train(True)
 
 
 def _fill(report: StageReport, meter: StepMeter, losses: dict) -> None:

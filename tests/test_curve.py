@@ -1,0 +1,109 @@
+"""Quality against training compute from one run (gmbench/curve.py, train's milestones)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from gmbench.hookspecs import hookimpl
+from gmbench.records import RunSpec
+from gmbench.runner import run_one
+from gmbench.training import train
+from tests.plugins.fake_methods import TINY_BUDGET
+
+CURVE_BUDGET = dataclasses.replace(TINY_BUDGET, name="tiny-curve", curve_fractions=(0.25, 0.5),
+                                   curve_samples={"toy2d": 128, "image": 32, "text": 8})
+
+
+class CurveBudgetPlugin:
+    @hookimpl
+    def gmbench_register_budgets(self, register):
+        register(CURVE_BUDGET)
+
+
+@pytest.fixture
+def curve_registries():
+    from gmbench.plugins import Registries, make_plugin_manager
+    from tests.plugins.fake_methods import FakePlugin, TinyBudgetPlugin
+
+    pm = make_plugin_manager(extra_plugins=(FakePlugin(), TinyBudgetPlugin(), CurveBudgetPlugin()),
+                             load_entrypoints=False)
+    return Registries(pm)
+
+
+def _metrics(rec):
+    return [(e["name"], e.get("sampler"), e.get("nfe"), e.get("split"), e.get("value")) for e in rec["metrics"]]
+
+
+def test_a_run_records_its_curve_at_the_budget_fractions(curve_registries, tmp_path):
+    rec = run_one(RunSpec("gaussfit", "8gaussians", "tiny-curve", 0), curve_registries, tmp_path)
+    assert rec["status"] == "ok", rec.get("error")
+    curve = rec["curve"]
+    assert [p["fraction"] for p in curve] == [0.25, 0.5, 1.0]
+    allowed = rec["train"]["flops_allowed"]
+    for p in curve:
+        assert p["metric"] == "swd" and p["n"] == 128 and p["value"] > 0, p
+        if p["fraction"] < 1:  # taken once the fraction was spent, not before
+            assert p["fraction"] * allowed <= p["flops"] < (p["fraction"] + 0.05) * allowed
+    assert curve[0]["flops"] < curve[1]["flops"] < curve[2]["flops"] == rec["train"]["flops"]
+    assert curve[-1]["step"] == rec["train"]["steps"]
+
+
+def test_taking_a_curve_does_not_change_the_run(curve_registries, tmp_path):
+    with_curve = run_one(RunSpec("gaussfit", "8gaussians", "tiny-curve", 0), curve_registries, tmp_path / "a")
+    without = run_one(RunSpec("gaussfit", "8gaussians", "tiny-test", 0), curve_registries, tmp_path / "b")
+    assert "curve" not in without
+    assert with_curve["train"]["steps"] == without["train"]["steps"]
+    assert with_curve["train"]["stages"][0]["final_losses"] == without["train"]["stages"][0]["final_losses"]
+    assert _metrics(with_curve) == _metrics(without)
+
+
+def test_milestones_before_the_last_stage_are_recorded_as_skipped():
+    from gmbench.data.toy2d import EightGaussians
+    from tests.plugins.fake_methods import TwoStage
+
+    data = EightGaussians()
+    calls = []
+    method = TwoStage(data.spec(), model_size="tiny")
+    # the autoencoder stage has a quarter of the budget: 1/8 falls in it, 1/2 in the latent stage
+    reports = train(method, data.split("train").x, TINY_BUDGET, "toy2d", torch.Generator().manual_seed(0),
+                    milestones=(0.125, 0.5), on_milestone=lambda f: calls.append(f) or {"value": 0.0})
+    assert [p["fraction"] for p in reports[0].curve] == [0.125] and reports[0].curve[0]["skipped"]
+    assert [p["fraction"] for p in reports[1].curve] == [0.5] and "skipped" not in reports[1].curve[0]
+    assert calls == [0.5]
+
+
+def test_milestone_callback_runs_in_eval_mode_and_leaves_training_unchanged():
+    from gmbench.data.toy2d import EightGaussians
+    from tests.plugins.fake_methods import GaussianFit
+
+    data = EightGaussians()
+    seen = []
+
+    def trained(on_milestone):
+        torch.manual_seed(0)
+        method = GaussianFit(data.spec(), model_size="tiny")
+        seen_method.append(method)
+        reports = train(method, data.split("train").x, TINY_BUDGET, "toy2d", torch.Generator().manual_seed(0),
+                        milestones=(0.5,), on_milestone=on_milestone)
+        return method, reports
+
+    def probe(fraction):
+        seen.append((fraction, any(m.training for m in seen_method[-1].modules().values())))
+        torch.randn(1000)  # would shift training's RNG stream if the host did not restore it
+        return {"value": 1.0}
+
+    seen_method = []
+    plain, plain_reports = trained(None)
+    probed, probed_reports = trained(probe)
+    assert seen == [(0.5, False)]
+    assert not any(m.training for m in probed.modules().values())  # train() ends in eval mode
+    assert probed_reports[0].curve[0]["value"] == 1.0 and probed_reports[0].curve[0]["fraction"] == 0.5
+    assert plain_reports[0].curve[0]["skipped"]  # no evaluator: the point says why it has no value
+    assert probed_reports[0].steps == plain_reports[0].steps
+    plain_state, probed_state = plain.state_dict(), probed.state_dict()
+    assert plain_state.keys() == probed_state.keys()
+    for key in plain_state:
+        assert torch.equal(plain_state[key], probed_state[key]), key
