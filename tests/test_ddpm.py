@@ -5,7 +5,9 @@ Closed forms checked, each derived here independently of the plugin's code:
 * the forward marginal ``q(x_t|x_0)`` (Eq. 4) from the product of the ``alpha_t``, and its
   empirical moments;
 * the posterior ``q(x_s|x_t,x_0)`` (Eqs. 6-7, and its respaced form) by conditioning the
-  joint Gaussian of ``(x_s, x_t)`` given ``x_0``;
+  joint Gaussian of ``(x_s, x_t)`` given ``x_0``; DDIM's ``sigma^2(eta)`` (Eq. 16) against
+  it: ``eta = 1`` is the posterior variance ``beta~'`` on the respaced sequence, and Eq. 12
+  with it is the posterior's step (so ``ddim-eta1`` and ``ancestral-tilde`` sample alike);
 * for data ``x_0 ~ N(m, s^2 I)`` the optimal noise predictor
   ``eps*(x_t) = sqrt(1-abar_t)(x_t - sqrt(abar_t) m) / (abar_t s^2 + 1 - abar_t)``.
   With it DDIM (eta = 0) is an affine map of the initial noise whose gain is a product of
@@ -142,6 +144,50 @@ def test_timestep_spacing_and_respaced_betas():
         space_timesteps(T, 0)
 
 
+@pytest.mark.parametrize("t,s", [(2, 1), (T, T - 1), (T, 1), (300, 120), (50, 0)])
+def test_ddim_variance_eta1_is_the_respaced_posterior_variance(t, s):
+    """DDIM Eq. 16 at eta = 1 is beta~' of the respaced step (here from Gaussian conditioning),
+    eta scales it quadratically, eta = 0 adds none; with sigma^2 = beta~' the noise coefficient
+    of Eq. 12, sqrt(1 - abar_s - sigma^2), is the posterior mean's (so Eq. 12 is Eq. 7's step);
+    the large variance sigma-hat^2 = beta' (DDIM T1) is at least beta~'."""
+    sched = NoiseSchedule.linear(T)
+    like = torch.zeros(1, 2)
+    a_t, a_s = ABAR[t], ABAR[s]
+    cov_st = math.sqrt(a_t / a_s) * (1 - a_s)  # Cov(x_s, x_t | x_0)
+    posterior_var = (1 - a_s) - cov_st**2 / (1 - a_t)
+    for eta in (0.0, 0.5, 1.0):
+        got = float(sched.ddim_sigma2(t, s, eta, like))
+        assert got == pytest.approx(eta**2 * posterior_var, rel=1e-9, abs=1e-15)
+    assert float(sched.respaced_beta_tilde(t, s, like)) == pytest.approx(posterior_var, rel=1e-9, abs=1e-15)
+    noise_coef = math.sqrt(max(1 - a_s - float(sched.ddim_sigma2(t, s, 1.0, like)), 0.0))
+    assert noise_coef == pytest.approx(cov_st / math.sqrt(1 - a_t), rel=1e-7)
+    assert float(sched.respaced_beta(t, s, like)) >= posterior_var
+
+
+def test_ddim_eta1_and_ancestral_tilde_are_one_chain():
+    """Same generator, same samples: Eq. 12 at eta = 1 and Eq. 7 with beta~' draw the same noise
+    and have the same mean (also with clipping, where both use the clipped x0 and its eps)."""
+    mu, s = CLIPPED_DATA
+    method = DDPM(IMAGE, model_size="tiny", ema_decay=0)
+    method.net = GaussianOptimalEps(mu, s)
+    for nfe in (3, 20):
+        a = method.sample(64, "ddim-eta1", nfe, gen(21))
+        b = method.sample(64, "ancestral-tilde", nfe, gen(21))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        c = method.sample(64, "ancestral", nfe, gen(21))  # the large variance differs
+        assert (a - c).abs().max() > 0.01
+
+
+def test_sigma2_sets_the_bound_not_the_samplers():
+    m, s = (1.0, -2.0), 0.5
+    by_beta, _ = optimal_ddpm(m, s, sigma2="beta")
+    by_tilde, _ = optimal_ddpm(m, s, sigma2="beta_tilde")
+    for sampler in ("ancestral", "ancestral-tilde", "ddim-eta1"):
+        assert torch.equal(by_beta.sample(16, sampler, 10, gen(2)), by_tilde.sample(16, sampler, 10, gen(2)))
+    x0 = torch.tensor([[1.0, -2.0], [1.5, -1.5]])
+    assert not torch.equal(by_beta.log_likelihood(x0, gen(3)), by_tilde.log_likelihood(x0, gen(3)))
+
+
 # ------------------------------------------------------ the optimal model for Gaussian data
 
 
@@ -168,11 +214,11 @@ def test_ddim_with_optimal_eps_is_the_exact_affine_map(nfe):
     assert (x.mean(0) - m).abs().max() < 0.02 and (x.std(0) / s - 1).abs().max() < {20: 0.16, 50: 0.07, T: 0.02}[nfe]
 
 
-@pytest.mark.parametrize("sigma2", ["beta", "beta_tilde"])
-def test_ancestral_with_optimal_eps_samples_the_data_distribution(sigma2):
+@pytest.mark.parametrize("sampler", ["ancestral", "ancestral-tilde"])
+def test_ancestral_with_optimal_eps_samples_the_data_distribution(sampler):
     m, s, n = torch.tensor([1.0, -2.0]), 0.5, 20_000
-    method, _ = optimal_ddpm(m, s, sigma2=sigma2)
-    x = method.sample(n, "ancestral", T, gen(4))
+    method, _ = optimal_ddpm(m, s)
+    x = method.sample(n, sampler, T, gen(4))
     assert (x.mean(0) - m).abs().max() < 4 * s / math.sqrt(n)
     assert (x.std(0) / s - 1).abs().max() < 0.02
 
@@ -227,10 +273,13 @@ UNCLIPPED_DATA = (0.5, 0.5)  # (mu, s)
 # Mostly beyond the clip range [-1, 1]: x0_hat is clipped at intermediate steps, where the
 # epsilon recomputed from the clipped x0_hat changes the DDIM step (at the last step it cannot).
 CLIPPED_DATA = (2.0, 1.0)
-SAMPLER_PATHS = [("ancestral", "beta"), ("ancestral", "beta_tilde"), ("ddim", "beta")]
+# (sampler, clip): the clipped stochastic references simulate two million chains (seconds each),
+# so ddim-eta1 is checked unclipped here and against ancestral-tilde, sample for sample, below
+SAMPLER_PATHS = [(name, clip) for name in ("ancestral", "ancestral-tilde", "ddim", "ddim-eta1") for clip in (False, True)
+                 if (name, clip) != ("ddim-eta1", True)]
 
 
-def reference_step(x, t: int, prev: int, sampler: str, sigma2: str, mu: float, s: float, clip: bool):
+def reference_step(x, t: int, prev: int, sampler: str, mu: float, s: float, clip: bool):
     """One step t -> prev of the sampler in float64: (deterministic part at x, added noise variance)."""
     a_t, a_s = ABAR[t], ABAR[prev]
     eps = math.sqrt(1 - a_t) * (x - math.sqrt(a_t) * mu) / (a_t * s**2 + 1 - a_t)
@@ -240,15 +289,18 @@ def reference_step(x, t: int, prev: int, sampler: str, sigma2: str, mu: float, s
         eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)  # the noise the clipped x0 implies
     if sampler == "ddim":
         return math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * eps, 0.0
+    if sampler == "ddim-eta1":  # DDIM Eq. 12 with sigma^2 of Eq. 16 at eta = 1
+        sig2 = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+        return math.sqrt(a_s) * x0 + math.sqrt(1 - a_s - sig2) * eps, sig2
     # x_s = sqrt(a_s) x0 + sqrt(1-a_s) e1, x_t = sqrt(a_t/a_s) x_s + sqrt(1-a_t/a_s) e2: condition on x_t
     cov = math.sqrt(a_t / a_s) * (1 - a_s)
     mean = math.sqrt(a_s) * x0 + cov / (1 - a_t) * (x - math.sqrt(a_t) * x0)
     if prev == 0:
         return mean, 0.0  # the last step adds no noise
-    return mean, (1 - a_t / a_s if sigma2 == "beta" else (1 - a_s) - cov**2 / (1 - a_t))
+    return mean, (1 - a_t / a_s if sampler == "ancestral" else (1 - a_s) - cov**2 / (1 - a_t))
 
 
-def reference_moments(sampler: str, sigma2: str, nfe: int, clip: bool, n: int):
+def reference_moments(sampler: str, nfe: int, clip: bool, n: int):
     """Mean and variance of the final sample, and the standard errors of n sampled values' moments."""
     mu, s = CLIPPED_DATA if clip else UNCLIPPED_DATA
     taus = spaced(nfe)
@@ -256,8 +308,8 @@ def reference_moments(sampler: str, sigma2: str, nfe: int, clip: bool, n: int):
     if not clip:  # affine steps: propagate N(m, v) exactly from x_T ~ N(0, 1)
         m, v = 0.0, 1.0
         for t, prev in steps:
-            c0, _ = reference_step(0.0, t, prev, sampler, sigma2, mu, s, clip)
-            c1, noise = reference_step(1.0, t, prev, sampler, sigma2, mu, s, clip)
+            c0, _ = reference_step(0.0, t, prev, sampler, mu, s, clip)
+            c1, noise = reference_step(1.0, t, prev, sampler, mu, s, clip)
             m, v = c0 + (c1 - c0) * m, (c1 - c0) ** 2 * v + noise
         return m, v, math.sqrt(v / n), v * math.sqrt(2 / n)
     if sampler == "ddim":  # deterministic: integrate the final map over x_T on a grid
@@ -265,14 +317,14 @@ def reference_moments(sampler: str, sigma2: str, nfe: int, clip: bool, n: int):
         w = np.exp(-0.5 * z**2)
         w /= w.sum()
         for t, prev in steps:
-            x, _ = reference_step(x, t, prev, sampler, sigma2, mu, s, clip)
+            x, _ = reference_step(x, t, prev, sampler, mu, s, clip)
         m = float((w * x).sum())
         v, m4 = float((w * (x - m) ** 2).sum()), float((w * (x - m) ** 4).sum())
         return m, v, math.sqrt(v / n), math.sqrt((m4 - v**2) / n)
     rng, n_ref = np.random.default_rng(12345), 2_000_000  # stochastic and non-linear: simulate
     x = rng.standard_normal(n_ref)
     for t, prev in steps:
-        x, noise = reference_step(x, t, prev, sampler, sigma2, mu, s, clip)
+        x, noise = reference_step(x, t, prev, sampler, mu, s, clip)
         if noise:
             x = x + math.sqrt(noise) * rng.standard_normal(n_ref)
     m, v, m4 = float(x.mean()), float(x.var()), float(((x - x.mean()) ** 4).mean())
@@ -280,15 +332,14 @@ def reference_moments(sampler: str, sigma2: str, nfe: int, clip: bool, n: int):
     return m, v, widen * math.sqrt(v / n), widen * math.sqrt((m4 - v**2) / n)
 
 
-@pytest.mark.parametrize("clip", [False, True], ids=["unclipped", "clipped"])
-@pytest.mark.parametrize("sampler,sigma2", SAMPLER_PATHS, ids=["ancestral-beta", "ancestral-beta_tilde", "ddim"])
+@pytest.mark.parametrize("sampler,clip", SAMPLER_PATHS, ids=[f"{n}-{'clipped' if c else 'unclipped'}" for n, c in SAMPLER_PATHS])
 @pytest.mark.parametrize("nfe", [5, 20])
-def test_sampler_at_few_steps_has_the_exact_law_of_its_respaced_chain(sampler, sigma2, clip, nfe):
+def test_sampler_at_few_steps_has_the_exact_law_of_its_respaced_chain(sampler, clip, nfe):
     mu, s = CLIPPED_DATA if clip else UNCLIPPED_DATA
-    method = DDPM(IMAGE, model_size="tiny", ema_decay=0, sigma2=sigma2, clip_denoised=clip)
+    method = DDPM(IMAGE, model_size="tiny", ema_decay=0, clip_denoised=clip)
     method.net = GaussianOptimalEps(mu, s)
     x = method.sample(N_IMAGES, sampler, nfe, gen(100 + nfe)).double().flatten()
-    mean, var, se_mean, se_var = reference_moments(sampler, sigma2, nfe, clip, x.numel())
+    mean, var, se_mean, se_var = reference_moments(sampler, nfe, clip, x.numel())
     assert abs(float(x.mean()) - mean) < 5 * se_mean, (float(x.mean()), mean, se_mean)
     assert abs(float(x.var()) - var) < 5 * se_var, (float(x.var()), var, se_var)
     if clip:
@@ -335,7 +386,10 @@ def test_bound_of_a_short_chain_matches_closed_form_term_by_term(sigma2):
 # ------------------------------------------------------------------ sampler mechanics
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+SAMPLERS = ("ancestral", "ddim", "ancestral-tilde", "ddim-eta1")
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_nfe_is_the_number_of_network_calls(sampler):
     method, net = optimal_ddpm()
     for nfe in (1, 7, 50):
@@ -344,7 +398,7 @@ def test_nfe_is_the_number_of_network_calls(sampler):
         assert net.calls == nfe and x.shape == (8, 2) and torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_sampling_is_deterministic_given_the_seed(sampler):
     method, _ = optimal_ddpm()
     a, b, c = (method.sample(64, sampler, 20, gen(seed)) for seed in (1, 1, 2))
@@ -364,7 +418,7 @@ def test_images_are_clipped_to_the_data_range():
     spec = Digits().spec()
     method = DDPM(spec, model_size="tiny", ema_decay=0)
     nn.init.normal_(method.net.out.weight, std=1.0)  # a wild untrained network
-    for sampler in ("ancestral", "ddim"):
+    for sampler in SAMPLERS:
         x = method.sample(4, sampler, 5, gen())
         assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
 
@@ -410,7 +464,25 @@ def test_registered_through_the_entry_point():
     assert reg.methods.get("ddpm") is DDPM
     info = DDPM.describe()
     assert info["paper"] == "2006.11239" and info["likelihood"] == "bound"
-    assert {s["name"]: s["deterministic"] for s in info["samplers"]} == {"ancestral": False, "ddim": True}
+    assert {s["name"]: s["deterministic"] for s in info["samplers"]} == {
+        "ancestral": False, "ddim": True, "ancestral-tilde": False, "ddim-eta1": False}
+    method = DDPM(TOY, model_size="tiny")
+    assert [dict(method.sampler(n).params) for n in SAMPLERS] == [
+        {"sigma2": "beta"}, {"eta": 0.0}, {"sigma2": "beta_tilde"}, {"eta": 1.0}]
+
+
+def test_registered_claims_name_real_samplers():
+    from gmbench.plugins import Registries
+
+    reg = Registries().claims
+    claims = [reg.get(n) for n in reg]
+    names = {c.name for c in claims if c.a.method == "ddpm"}
+    assert {"ddim-beats-ddim-eta1-digits-fid-10", "large-variance-collapses-digits-fid-10",
+            "ddim-beats-ancestral-digits-fid-10"} <= names
+    known = {s.name for s in DDPM.samplers}
+    for c in claims:
+        for cell in (c.a, c.b):
+            assert cell is None or cell.method != "ddpm" or cell.sampler in known | {None}, (c.name, cell)
 
 
 # ------------------------------------------------------------------ it learns (smoke budget)

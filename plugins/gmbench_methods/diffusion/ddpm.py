@@ -1,5 +1,5 @@
 """DDPM: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020, arXiv 2006.11239),
-with the deterministic DDIM sampler (Song, Meng & Ermon 2020, arXiv 2010.02502).
+with the DDIM samplers (Song, Meng & Ermon 2020, arXiv 2010.02502).
 
 Forward process (Eq. 2, 4): ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)``, ``t = 1..T``,
 linear ``beta_t`` from 1e-4 to 0.02 over T = 1000 steps (section 4). The network
@@ -7,25 +7,40 @@ predicts the noise, ``eps_theta(x_t, t)`` (Eq. 11), and is trained with L_simple
 ``t ~ U{1..T}``, ``eps ~ N(0, I)``, MSE between ``eps`` and ``eps_theta`` (averaged over
 dimensions, as the released code does). The backbone sees ``t / T`` in (0, 1].
 
-Samplers (both take any NFE in 1..T; NFE = network calls = steps):
+Samplers: four named samplers on the same weights, each a published variant with its
+parameters in ``SamplerInfo.params`` (the host records them beside its metrics). All take
+any NFE in 1..T; NFE = network calls = steps.
 
-* ``ancestral``: Algorithm 2, ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` with
-  ``sigma_t^2 = beta_t`` (``sigma2="beta"``, the paper's CIFAR-10 choice) or ``beta~_t``
-  (``sigma2="beta_tilde"``, Eq. 7). With NFE < T it runs on a sub-sequence
-  ``tau_1 < ... < tau_S`` of the timesteps, with the respaced betas
-  ``beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}`` (DDIM appendix C.1, iDDPM section 4).
-* ``ddim``: DDIM Eq. 12 with ``eta = 0`` on the same sub-sequence; deterministic given
-  the initial noise.
+* ``ancestral`` (``sigma2="beta"``): Algorithm 2, ``x_{t-1} = mu_theta(x_t, t) + sigma_t z``
+  with ``sigma_t^2 = beta_t``, the paper's CIFAR-10 choice. On a sub-sequence it uses the
+  respaced ``beta'`` (below): this is DDIM Table 1's sigma-hat ("large variance") sampler,
+  ``sigma-hat^2 = 1 - abar_{tau_i} / abar_{tau_{i-1}}``, which DDIM runs with DDPM's own
+  update, as here.
+* ``ancestral-tilde`` (``sigma2="beta_tilde"``): the same with ``sigma_t^2 = beta~_t`` (Eq. 7),
+  the paper's other choice (section 3.2).
+* ``ddim`` (``eta=0``): DDIM Eq. 12,
+  ``x_s = sqrt(abar_s) x0_pred + sqrt(1 - abar_s - sigma^2) eps_theta + sigma z``, with
+  ``sigma^2(eta) = eta^2 beta~'`` (Eq. 16); deterministic given the initial noise.
+* ``ddim-eta1`` (``eta=1``): Eq. 12 with ``sigma^2 = beta~'``. Eq. 12 then *is* the ancestral
+  step with ``beta~'``: ``sqrt(1 - abar_s - beta~') = sqrt(abar_t / abar_s) (1 - abar_s) /
+  sqrt(1 - abar_t)``, the posterior mean's coefficient on the noise. So ``ddim-eta1`` and
+  ``ancestral-tilde`` are one Markov chain written two ways, and the tests check that they
+  give the same samples from the same generator. Both are offered because each paper names
+  its own (DDIM T1's eta = 1 column; DDPM's ``beta~`` choice); drop one to save evaluation
+  time if that matters more than the cross-check.
 
-The sub-sequence is evenly spaced over ``1..T`` with both ends included (iDDPM's
-``space_timesteps`` rule; see ``schedules.space_timesteps``): it starts at ``t = T`` and its
-last step is ``t = 1``. The last step adds no noise: the sample is the predicted mean
-at ``t = 0``, i.e. the predicted ``x_0``. For images, ``clip_denoised=True`` (default)
-clips each step's predicted ``x_0`` to the data range before forming the step — what
-the released DDPM code does for its reported samples; the respaced step then uses the
-epsilon implied by the clipped ``x_0`` (as iDDPM's DDIM sampler). Final samples are
-clipped to the data range. Without clipping, the ancestral mean written through
-``x_0`` (Eq. 7 at the predicted ``x_0``) equals Algorithm 2's formula exactly.
+The sub-sequence ``tau_1 < ... < tau_S`` (S = NFE) has the respaced betas
+``beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}`` and ``beta~'_i = (1 - abar_{tau_{i-1}}) /
+(1 - abar_{tau_i}) beta'_i`` (DDIM appendix C.1, iDDPM section 4). It is evenly spaced over
+``1..T`` with both ends included (iDDPM's ``space_timesteps`` rule; see
+``schedules.space_timesteps``): it starts at ``t = T`` and its last step is ``t = 1``. The
+last step adds no noise in any sampler (``beta~' = 0`` there, and Algorithm 2 adds none at
+``t = 1``): the sample is the predicted mean at ``t = 0``, i.e. the predicted ``x_0``. For
+images, ``clip_denoised=True`` (default) clips each step's predicted ``x_0`` to the data
+range before forming the step — what the released DDPM code does for its reported samples;
+the step then uses the epsilon implied by the clipped ``x_0`` (as iDDPM's DDIM sampler).
+Final samples are clipped to the data range. Without clipping, the ancestral mean written
+through ``x_0`` (Eq. 7 at the predicted ``x_0``) equals Algorithm 2's formula exactly.
 
 Likelihood (``"bound"``): the variational bound of Eq. 5,
 ``-log p(x_0) <= L_T + sum_{t>=2} L_{t-1} + L_0``, in nats per example for the
@@ -40,6 +55,11 @@ continuous ``x_0`` the host hands in (images already uniformly dequantised):
   dequantisation plays that role here). ``sigma_1^2 = beta_1`` for both ``sigma2``
   choices, because ``beta~_1 = 0``; ``beta_1`` is also ``q(x_0|x_1)``'s variance for
   data spread much wider than ``sqrt(beta_1) = 0.01``.
+
+The bound is of one model ``p_theta``, whose reverse variance is the hyper-parameter
+``sigma2`` (``"beta"``, default, or ``"beta_tilde"``); the samplers carry their own
+variance whatever ``sigma2`` is (before they did, ``sigma2`` also chose the ``ancestral``
+sampler's variance; with ``"beta_tilde"`` that sampler is ``ancestral-tilde`` now).
 
 Each term draws one ``x_t ~ q(x_t|x_0)``. The sum over ``t`` is exact (all T terms) when
 ``vlb_draws="all"``, and otherwise an unbiased stratified
@@ -96,8 +116,10 @@ class DDPM(Method):
         model_size: backbone preset (MLP for toy2d, U-Net for images).
         T: number of diffusion steps (paper: 1000).
         beta_start, beta_end: ends of the linear beta schedule (paper: 1e-4, 0.02).
-        sigma2: reverse-process variance, ``"beta"`` (paper default) or ``"beta_tilde"``;
-            used by the ancestral sampler and the bound.
+        sigma2: the reverse-process variance of ``p_theta`` in the bound, ``"beta"`` (paper
+            default) or ``"beta_tilde"``. The samplers carry their own (``ancestral``:
+            ``beta``, ``ancestral-tilde``: ``beta~``), so one trained model is sampled
+            both ways.
         lr: Adam learning rate; None picks ``DEFAULT_LR`` for the modality.
         grad_clip: gradient-norm clipping (the released code clips at 1).
         warmup_steps: linear learning-rate warm-up (the paper: 5000; 0 here, since small
@@ -124,9 +146,15 @@ class DDPM(Method):
     paper = "2006.11239"
     title = "Denoising Diffusion Probabilistic Models"
     modalities = ("toy2d", "image")
+    # Published variants on the same weights (module docstring). The first two keep their
+    # place so that the host's per-setting seeds of earlier records stay where they were.
     samplers = (
-        SamplerInfo("ancestral", adjustable_nfe=True, deterministic=False, default_nfe=1000),
-        SamplerInfo("ddim", adjustable_nfe=True, deterministic=True, default_nfe=50),
+        SamplerInfo("ancestral", adjustable_nfe=True, deterministic=False, default_nfe=1000,
+                    params={"sigma2": "beta"}),
+        SamplerInfo("ddim", adjustable_nfe=True, deterministic=True, default_nfe=50, params={"eta": 0.0}),
+        SamplerInfo("ancestral-tilde", adjustable_nfe=True, deterministic=False, default_nfe=1000,
+                    params={"sigma2": "beta_tilde"}),
+        SamplerInfo("ddim-eta1", adjustable_nfe=True, deterministic=False, default_nfe=50, params={"eta": 1.0}),
     )
     likelihood = "bound"
 
@@ -237,38 +265,56 @@ class DDPM(Method):
     def timesteps(self, nfe: int) -> torch.Tensor:
         """The sub-sequence ``tau_1 < ... < tau_S`` (S = nfe) that the samplers visit."""
         if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= self.T:
-            raise MethodError(f"ddpm: nfe must be an integer in 1..T={self.T}, got {nfe!r}")
+            raise MethodError(f"{self.name}: nfe must be an integer in 1..T={self.T}, got {nfe!r}")
         return space_timesteps(self.T, nfe)
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
-        self.sampler(sampler)  # unknown names fail with a suggestion
+        params = self.sampler(sampler).params  # unknown names fail with a suggestion
         taus = self.timesteps(nfe).tolist()
         net = self.denoiser()
         x = self._randn((n, *self.data.shape), generator)  # x_T ~ N(0, I)
         for t, s in zip(reversed(taus), reversed([0] + taus[:-1])):  # s: the next (smaller) time
-            eps = self.eps(net, x, t)
-            x0 = self.schedule.predict_x0(x, t, eps)
-            if self.clip_range is not None:
-                x0 = x0.clamp(*self.clip_range)
-                eps = self.schedule.predict_eps(x, t, x0)
-            if sampler == "ddim":
-                # DDIM Eq. 12, eta = 0: x_s = sqrt(abar_s) x0_pred + sqrt(1 - abar_s) eps_theta
-                x = self.schedule.q_sample(x0, s, eps)
-            else:
-                # Algorithm 2 line 4, mean of Eq. 11 written as Eq. 7 at x0_pred
-                mean, beta_tilde = self.schedule.q_posterior(x0, x, t, s)
-                if s == 0:
-                    x = mean  # no noise at the last step
-                    continue
-                if self.sigma2 == "beta":
-                    var = self.schedule.respaced_beta(t, s, x).to(x.dtype)
-                else:
-                    var = beta_tilde
-                x = mean + var.sqrt() * self._randn(x.shape, generator)
+            x = self.reverse_step(net, x, t, s, params, generator)
         if self.clip_range is not None:
             x = x.clamp(*self.clip_range)
         return x
+
+    def model_output(self, net: nn.Module, xt: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(eps_theta, extra)`` from one network call; ``extra`` feeds
+        :meth:`ancestral_variance` (None here: DDPM's variances are fixed)."""
+        return self.eps(net, xt, t), None
+
+    def ancestral_variance(self, t: int, s: int, params, extra, like: torch.Tensor) -> torch.Tensor:
+        """Variance of the ancestral step ``t -> s`` (s >= 1): ``beta'`` or ``beta~'``."""
+        if params["sigma2"] == "beta":
+            return self.schedule.respaced_beta(t, s, like).to(like.dtype)
+        return self.schedule.respaced_beta_tilde(t, s, like).to(like.dtype)
+
+    def reverse_step(self, net: nn.Module, x: torch.Tensor, t: int, s: int, params, generator) -> torch.Tensor:
+        """One step ``x_t -> x_s`` of the sampler with parameters ``params`` (one network call)."""
+        eps, extra = self.model_output(net, x, t)
+        x0 = self.schedule.predict_x0(x, t, eps)
+        if self.clip_range is not None:
+            x0 = x0.clamp(*self.clip_range)
+            eps = self.schedule.predict_eps(x, t, x0)
+        if "eta" in params:
+            # DDIM Eq. 12: x_s = sqrt(abar_s) x0_pred + sqrt(1 - abar_s - sigma^2) eps + sigma z,
+            # sigma^2 = eta^2 beta~' (Eq. 16); beta~' = 0 at s = 0, so the last step is x0_pred
+            eta = float(params["eta"])
+            if eta == 0.0 or s == 0:
+                return self.schedule.q_sample(x0, s, eps)
+            var = self.schedule.ddim_sigma2(t, s, eta, x)
+            ab_s = self.schedule.abar[s]
+            coef_eps = (1 - ab_s - var).clamp(min=0).sqrt()
+            mean = ab_s.sqrt().to(x.dtype) * x0 + coef_eps.to(x.dtype) * eps
+            return mean + var.sqrt().to(x.dtype) * self._randn(x.shape, generator)
+        # Algorithm 2 line 4, mean of Eq. 11 written as Eq. 7 at x0_pred
+        mean, _ = self.schedule.q_posterior(x0, x, t, s)
+        if s == 0:
+            return mean  # no noise at the last step
+        var = self.ancestral_variance(t, s, params, extra, x)
+        return mean + var.sqrt() * self._randn(x.shape, generator)
 
     # -- likelihood: the variational bound (Eq. 5) ------------------------------------
 
@@ -340,26 +386,45 @@ def gmbench_register_methods(register):
 
 @hookimpl
 def gmbench_register_claims(register):
-    """DDIM T1 (arXiv 2010.02502): DDIM (eta = 0) beats DDPM ancestral sampling at 10-50
-    steps and the gap closes with more steps. The paper shows it on images; it is checked on
-    the 2-D toys too, and what each shows is reported (with the old bounded MLP head DDIM
-    lost on the toys; since the head follows its targets it matches diffusers' DDIM there,
+    """DDIM T1 (arXiv 2010.02502), whose three sampler columns are this plugin's samplers on
+    one model: eta = 0 (``ddim``), eta = 1 (``ddim-eta1``) and sigma-hat, the large variance
+    (``ancestral``). CIFAR-10 FID at 10 / 20 / 50 / 100 steps: 13.36 / 6.84 / 4.67 / 4.16,
+    41.07 / 18.36 / 8.01 / 5.78 and 367.43 / 133.37 / 32.72 / 9.99.
+
+    * DDIM (eta = 0) beats both stochastic samplers at 10-50 steps, and its lead over
+      ancestral sampling is smaller at 100 steps than at 10;
+    * the large-variance sampler collapses at few steps: eta = 1 beats it at 10-50 steps
+      (it only wins at 1000 steps, 3.17 vs 4.73, outside the small grid).
+
+    The paper shows them on images; the DDIM-vs-ancestral ordering is checked on the 2-D toys
+    too, and what each shows is reported (with the old bounded MLP head DDIM lost on the
+    toys; since the head follows its targets it matches diffusers' DDIM there,
     docs/parity.md).
     DDPM T1-2 (L_simple: better samples; true VLB: better likelihood) is not registered:
     ddpm trains with L_simple only, so no record carries a VLB-trained label."""
     from gmbench.claims import Cell, PaperClaim
 
-    ddim, ancestral = Cell("ddpm", "ddim"), Cell("ddpm", "ancestral")
+    ddim, eta1, ancestral = Cell("ddpm", "ddim"), Cell("ddpm", "ddim-eta1"), Cell("ddpm", "ancestral")
     for nfe in (10, 20, 50):
         register(PaperClaim(
             name=f"ddim-beats-ancestral-digits-fid-{nfe}", relation="better", metric="fid", dataset="digits",
             a=ddim.at(nfe), b=ancestral.at(nfe), paper="2010.02502", table="DDIM T1",
-            statement=f"DDIM (eta=0) has lower FID than ancestral DDPM sampling at {nfe} steps",
+            statement=f"DDIM (eta=0) has lower FID than ancestral DDPM sampling (sigma^2 = beta, DDIM's sigma-hat) at {nfe} steps",
         ))
         register(PaperClaim(
             name=f"ddim-beats-ancestral-toy2d-swd-{nfe}", relation="better", metric="swd", dataset="modality:toy2d",
             a=ddim.at(nfe), b=ancestral.at(nfe), paper="2010.02502", table="DDIM T1 (image claim, checked on toys)",
             statement=f"DDIM (eta=0) has lower sliced W2 than ancestral DDPM sampling at {nfe} steps on 2-D toys",
+        ))
+        register(PaperClaim(
+            name=f"ddim-beats-ddim-eta1-digits-fid-{nfe}", relation="better", metric="fid", dataset="digits",
+            a=ddim.at(nfe), b=eta1.at(nfe), paper="2010.02502", table="DDIM T1",
+            statement=f"DDIM with eta=0 has lower FID than with eta=1 at {nfe} steps",
+        ))
+        register(PaperClaim(
+            name=f"large-variance-collapses-digits-fid-{nfe}", relation="better", metric="fid", dataset="digits",
+            a=eta1.at(nfe), b=ancestral.at(nfe), paper="2010.02502", table="DDIM T1",
+            statement=f"at {nfe} steps the large-variance sampler (sigma-hat^2 = beta') has higher FID than eta=1 (beta~')",
         ))
     register(PaperClaim(
         name="ddim-lead-closes-digits-fid", relation="gap_closes", metric="fid", dataset="digits",

@@ -9,12 +9,17 @@ steps: on a sub-sequence ``tau_1 < ... < tau_S`` the respaced process has
 section 4.2 and appendix C.1; iDDPM, arXiv 2102.09672, section 4) and the same
 formulas apply with ``(t, s) = (tau_i, tau_{i-1})``.
 
+Two schedules: DDPM's linear betas (section 4) and iDDPM's cosine ``abar`` (Eq. 17).
+DDIM's family of reverse variances (Eq. 16) is ``ddim_sigma2``.
+
 Coefficients are computed in float64 and only the final coefficient is cast
 to the data's dtype, so ``1 - abar_t`` stays accurate at ``t = 1`` (it is
 ``1e-4`` for the linear schedule, where float32 would lose four digits).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,6 +31,29 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> to
     if not (0.0 < beta_start <= beta_end < 1.0):
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_abar(t: torch.Tensor | float, T: int, s: float = 0.008) -> torch.Tensor:
+    """iDDPM Eq. 17: ``abar_t = f(t) / f(0)`` with ``f(t) = cos^2((t/T + s) / (1 + s) * pi / 2)``."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    f = lambda u: torch.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return f(t) / f(torch.zeros((), dtype=torch.float64))
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """iDDPM's cosine schedule (arXiv 2102.09672, section 3.2, Eq. 17).
+
+    ``beta_t = 1 - abar_t / abar_{t-1}`` from :func:`cosine_abar`, clipped to at most
+    ``max_beta`` (the paper: 0.999, "to prevent singularities at the end of the diffusion
+    process near t = T", where ``abar_T = 0``). The offset ``s = 0.008`` keeps ``beta_1``
+    from being tiny. Where no beta is clipped, the schedule's ``abar`` equals Eq. 17.
+    """
+    if not (isinstance(T, int) and T >= 1):
+        raise ValueError(f"T must be a positive integer, got {T!r}")
+    if not (s > 0 and 0 < max_beta < 1):
+        raise ValueError(f"need s > 0 and 0 < max_beta < 1, got s={s}, max_beta={max_beta}")
+    abar = cosine_abar(torch.arange(T + 1, dtype=torch.float64), T, s)
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
 
 
 def space_timesteps(T: int, steps: int) -> torch.Tensor:
@@ -77,6 +105,11 @@ class NoiseSchedule:
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
         return cls(linear_betas(T, beta_start, beta_end))
+
+    @classmethod
+    def cosine(cls, T: int = 4000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+        """iDDPM's cosine schedule (:func:`cosine_betas`)."""
+        return cls(cosine_betas(T, s, max_beta))
 
     @property
     def betas(self) -> torch.Tensor:
@@ -130,6 +163,21 @@ class NoiseSchedule:
     def respaced_beta(self, t: torch.Tensor, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``beta' = 1 - abar_t / abar_s`` (float64, broadcastable over ``like``)."""
         return 1 - _at(self.abar, t, like) / _at(self.abar, s, like)
+
+    def respaced_beta_tilde(self, t: torch.Tensor, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``beta~' = (1 - abar_s) / (1 - abar_t) beta'``, the variance of ``q(x_s|x_t,x_0)``
+        (float64, broadcastable over ``like``); 0 when ``s = 0``."""
+        ab_t, ab_s = _at(self.abar, t, like), _at(self.abar, s, like)
+        return (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
+
+    def ddim_sigma2(self, t: torch.Tensor, s: torch.Tensor, eta: float, like: torch.Tensor) -> torch.Tensor:
+        """DDIM's reverse variance for the step ``t -> s`` (arXiv 2010.02502, Eq. 16)::
+
+            sigma^2(eta) = eta^2 (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)
+
+        ``eta = 0`` is the deterministic DDIM, ``eta = 1`` is ``beta~'``: the step of Eq. 12
+        is then DDPM's ancestral step with ``sigma^2 = beta~'`` (float64)."""
+        return eta**2 * self.respaced_beta_tilde(t, s, like)
 
     def to(self, device: torch.device | str) -> "NoiseSchedule":
         """Keep ``abar`` (float64) on the device the data lives on."""
