@@ -1,0 +1,296 @@
+"""Tests of the invertible layers shared by ``realnvp`` and ``glow`` (gmbench_methods.flows.layers).
+
+Every layer, in float64 and with its parameters moved away from their (often identity)
+initialisation: ``x -> y -> x`` within 1e-5, and its log-determinant equal to
+``log |det J|`` of autograd's Jacobian, example by example, in small dimension. Also the
+whole toy2d and 8x8 image flows of both methods, actnorm's data-dependent initialisation,
+the batch-norm layer's two modes, the squeeze's pixel order and the LU form of the 1x1
+convolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gmbench.data.base import DataSpec
+from gmbench_methods.flows import layers as L
+from gmbench_methods.flows.glow import Glow
+from gmbench_methods.flows.realnvp import RealNVP
+
+torch.set_default_dtype(torch.float32)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def perturb(module: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
+    """float64, parameters moved off their initial values (zero-initialised last layers
+    would make a coupling the identity and hide a wrong log-determinant)."""
+    module.double()
+    g = gen(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def jacobian_logdets(fn, x: torch.Tensor) -> torch.Tensor:
+    """``log |det d fn(x_i) / d x_i|`` for each example, from autograd's full Jacobian."""
+    out = []
+    for xi in x:
+        def f(v):
+            return fn(v.view(1, *xi.shape)).flatten()
+
+        jac = torch.autograd.functional.jacobian(f, xi.flatten())
+        out.append(torch.linalg.slogdet(jac)[1])
+    return torch.stack(out)
+
+
+def check_layer(layer: nn.Module, x: torch.Tensor, atol: float = 1e-9) -> None:
+    y, logdet = layer(x)
+    assert y.shape[0] == x.shape[0] and y.numel() == x.numel() and logdet.shape == (x.shape[0],)
+    back = layer.inverse(y)
+    assert (back - x).abs().max() < 1e-5
+    torch.testing.assert_close(logdet, jacobian_logdets(lambda v: layer(v)[0], x), rtol=0, atol=atol)
+
+
+def small_mlp(d_in: int, d_out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, 8), nn.Tanh(), nn.Linear(8, d_out))
+
+
+def small_conv(c_in: int, c_out: int) -> nn.Module:
+    return L.ConvNet(c_in, c_out, hidden=4, norm="actnorm")
+
+
+VEC = torch.randn(4, 3, generator=gen(1), dtype=torch.float64)
+IMG = torch.randn(3, 2, 4, 4, generator=gen(2), dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------- couplings
+
+
+@pytest.mark.parametrize("additive", [False, True], ids=["affine", "additive"])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_masked_coupling_vector(additive, parity):
+    layer = perturb(L.MaskedCoupling(L.dimension_mask(3, parity), small_mlp(3, 6), additive=additive))
+    check_layer(layer, VEC)
+    # the masked dimensions pass unchanged
+    b = L.dimension_mask(3, parity).bool().expand_as(VEC)
+    assert torch.equal(layer(VEC)[0][b], VEC[b])
+    if additive:  # NICE's coupling preserves volume
+        assert torch.all(layer(VEC)[1] == 0)
+
+
+@pytest.mark.parametrize("mask", ["checkerboard", "channel"])
+@pytest.mark.parametrize("additive", [False, True], ids=["affine", "additive"])
+def test_masked_coupling_image(mask, additive):
+    b = L.checkerboard_mask(2, 4, 4, 1) if mask == "checkerboard" else L.channel_mask(2, 0)
+    layer = perturb(L.MaskedCoupling(b, small_conv(2, 4), additive=additive), seed=3)
+    check_layer(layer, IMG)
+
+
+def test_masks():
+    board = L.checkerboard_mask(1, 3, 3, 0)[0, 0]
+    assert board.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
+    assert torch.equal(L.checkerboard_mask(2, 3, 3, 1), 1 - L.checkerboard_mask(2, 3, 3, 0))
+    assert L.channel_mask(4, 0).flatten().tolist() == [1, 1, 0, 0]
+    assert L.channel_mask(4, 1).flatten().tolist() == [0, 0, 1, 1]
+    assert L.dimension_mask(2, 0).tolist() == [[1, 0]] and L.dimension_mask(2, 1).tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "exp", "additive"])
+def test_channel_coupling(kind):
+    additive, scale = kind == "additive", "sigmoid" if kind == "additive" else kind
+    check_layer(perturb(L.ChannelCoupling(small_mlp(1, 4), additive=additive, scale=scale)), VEC)
+    check_layer(perturb(L.ChannelCoupling(small_conv(1, 2), additive=additive, scale=scale), seed=4), IMG)
+
+
+def test_glow_coupling_starts_at_sigmoid_two():
+    # zero-initialised net: t = 0, scale = sigmoid(2) everywhere (Glow's released code)
+    layer = L.ChannelCoupling(L.ConvNet(1, 2, 4)).double()
+    y, logdet = layer(IMG)
+    torch.testing.assert_close(y[:, 1:], IMG[:, 1:] * torch.sigmoid(torch.tensor(2.0, dtype=torch.float64)))
+    torch.testing.assert_close(logdet, torch.full((3,), 16 * math.log(torch.sigmoid(torch.tensor(2.0)).item()),
+                                                  dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- normalisation
+
+
+def test_batchnorm_flow_eval_is_exact_affine_map():
+    layer = perturb(L.BatchNormFlow(2))
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.tensor([0.3, -1.0]))
+        layer.running_var.copy_(torch.tensor([2.0, 0.25]))
+    layer.eval()
+    check_layer(layer, IMG)
+    check_layer(perturb(L.BatchNormFlow(3)).eval(), VEC)
+
+
+def test_batchnorm_flow_training_normalises_with_batch_statistics():
+    layer = L.BatchNormFlow(2, momentum=0.5).double()
+    x = 3 + 2 * torch.randn(64, 2, 3, 3, generator=gen(5), dtype=torch.float64)
+    y, logdet = layer(x)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(y.var((0, 2, 3), unbiased=False), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-3)
+    var = x.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(logdet, (-0.5 * torch.log(var + layer.eps)).sum().expand(64) * 9)
+    # running averages: (1 - m) * init + m * batch
+    torch.testing.assert_close(layer.running_mean, 0.5 * x.mean((0, 2, 3)))
+    torch.testing.assert_close(layer.running_var, 0.5 + 0.5 * var)
+
+
+def test_actnorm():
+    check_layer(perturb(L.ActNorm(3)), VEC)
+    check_layer(perturb(L.ActNorm(2)), IMG)
+
+
+@pytest.mark.parametrize("shape", [(500, 3), (50, 2, 4, 4)], ids=["vector", "image"])
+def test_actnorm_data_dependent_init_gives_zero_mean_unit_variance(shape):
+    x = 5.0 + torch.randn(shape, generator=gen(6), dtype=torch.float64) * torch.tensor([0.1, 3.0, 1.0][: shape[1]],
+                                                                                       dtype=torch.float64).view(1, -1, *[1] * (len(shape) - 2))
+    layer = L.ActNorm(shape[1]).double()
+    y, _ = layer(x)
+    assert torch.equal(y, x) and int(layer.initialized) == 0  # outside data_init: the identity
+    with L.data_init():
+        y, _ = layer(x)
+    dims = [0] + list(range(2, len(shape)))
+    torch.testing.assert_close(y.mean(dims), torch.zeros(shape[1], dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(y.std(dims, unbiased=False), torch.ones(shape[1], dtype=torch.float64), rtol=0, atol=1e-4)  # std / (std + 1e-6)
+    assert int(layer.initialized) == 1
+    before = [p.clone() for p in layer.parameters()]
+    with L.data_init():  # initialised once only
+        layer(x * 2)
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
+# ------------------------------------------------------------------------- linear maps
+
+
+def test_invconv_lu():
+    torch.manual_seed(0)
+    layer = perturb(L.InvConv1x1(3), scale=0.2)
+    check_layer(layer, VEC)
+    w = layer.weight()
+    torch.testing.assert_close(torch.linalg.slogdet(w)[1], layer.log_s.sum())
+    # W = P L U: L unit lower triangular, U upper, P a permutation
+    lower = layer.lower * layer.lower_mask + layer.eye
+    assert torch.all(torch.diagonal(lower) == 1) and torch.all(torch.triu(lower, 1) == 0)
+    assert torch.all((layer.perm == 0) | (layer.perm == 1)) and torch.all(layer.perm.sum(0) == 1)
+    torch.manual_seed(1)
+    layer = perturb(L.InvConv1x1(2), scale=0.2)
+    check_layer(layer, IMG)
+    y, _ = layer(IMG)
+    torch.testing.assert_close(y, torch.einsum("ij,njhw->nihw", layer.weight(), IMG))
+
+
+def test_invconv_starts_as_a_rotation():
+    torch.manual_seed(2)
+    w = L.InvConv1x1(4).weight()
+    torch.testing.assert_close(w @ w.T, torch.eye(4), rtol=0, atol=1e-5)
+
+
+def test_diagonal_scaling():
+    check_layer(perturb(L.DiagonalScaling(3)), VEC)
+
+
+# ------------------------------------------------------------------------- reshaping
+
+
+def test_squeeze_order_inverse_and_volume():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = L.squeeze(x)
+    assert y.shape == (1, 4, 2, 2)
+    # channel k = 2 * di + dj of each 2x2 block
+    assert y[0, :, 0, 0].tolist() == [0, 1, 4, 5] and y[0, :, 1, 1].tolist() == [10, 11, 14, 15]
+    assert torch.equal(L.unsqueeze(y), x)
+    check_layer(L.Squeeze(), IMG)
+
+
+# ------------------------------------------------------------------------- pre-processing
+
+
+def test_logit_transform():
+    layer = L.LogitTransform(-1.0, 1.0, 0.125, alpha=0.05)
+    x = torch.rand(3, 1, 2, 2, generator=gen(7), dtype=torch.float64) * 2.1 - 1.05  # inside [-1.0625, 1.0625]
+    check_layer(layer, x)
+    # the dequantised range maps onto [logit(alpha), logit(1 - alpha)]
+    ends, _ = layer(torch.tensor([[-1.0625, 1.0625]], dtype=torch.float64))
+    torch.testing.assert_close(ends, torch.tensor([[math.log(0.05 / 0.95), math.log(0.95 / 0.05)]], dtype=torch.float64))
+
+
+def test_centre_scale():
+    layer = L.CentreScale(-1.0, 1.0, 0.125)
+    check_layer(layer, IMG)
+    y, _ = layer(torch.tensor([[-1.0625, 1.0625]], dtype=torch.float64))
+    torch.testing.assert_close(y, torch.tensor([[-0.5, 0.5]], dtype=torch.float64))
+
+
+def test_dequantise_stays_in_bin():
+    x = torch.tensor([-1.0, 0.0, 1.0]).repeat(1000)
+    u = L.dequantise(x, 0.125, gen(8)) - x
+    assert u.min() >= -0.0625 and u.max() <= 0.0625 and u.abs().mean() > 0.02
+
+
+def test_split_prior():
+    layer = perturb(L.SplitPrior(4))
+    z1, eps, logdet = layer(IMG.repeat(1, 2, 1, 1))
+    x = IMG.repeat(1, 2, 1, 1)
+
+    def whole(v):
+        a, e, _ = layer(v)
+        return torch.cat([a.flatten(1), e.flatten(1)], 1)
+
+    assert z1.shape == eps.shape == (3, 2, 4, 4)
+    assert (layer.inverse(z1, eps) - x).abs().max() < 1e-5
+    torch.testing.assert_close(logdet, jacobian_logdets(whole, x), rtol=0, atol=1e-9)
+
+
+# ------------------------------------------------------------------------- whole flows
+
+TOY = DataSpec(name="toy", modality="toy2d", shape=(2,))
+DIGITS = DataSpec(name="img", modality="image", shape=(1, 8, 8), levels=17, value_range=(-1.0, 1.0))
+
+
+def flow_of(cls, spec, **kwargs):
+    torch.manual_seed(0)
+    method = cls(spec, model_size="tiny", **kwargs)
+    perturb(method.flow, seed=9, scale=0.05)
+    for m in method.flow.modules():  # keep batch-norm variances positive after the perturbation
+        if isinstance(m, L.BatchNormFlow):
+            m.running_var.abs_().add_(0.5)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.abs_().add_(0.5)
+    method.train(False)
+    return method
+
+
+WHOLE = [
+    (RealNVP, {}), (RealNVP, {"coupling": "additive"}), (RealNVP, {"norm": "actnorm"}), (Glow, {}),
+    (Glow, {"coupling": "additive"}),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", WHOLE, ids=lambda v: getattr(v, "name", None) or str(v))
+def test_whole_toy2d_flow_inverts_and_logdet_matches_jacobian(cls, kwargs):
+    method = flow_of(cls, TOY, **kwargs)
+    x = torch.randn(5, 2, generator=gen(10), dtype=torch.float64) * 3
+    eps, logdet = method.flow(x)
+    assert (method.flow(eps, reverse=True) - x).abs().max() < 1e-5
+    torch.testing.assert_close(logdet, jacobian_logdets(lambda v: method.flow(v)[0], x), rtol=0, atol=1e-8)
+    torch.testing.assert_close(method.log_prob(x), L.standard_normal_log_prob(eps) + logdet)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(RealNVP, {}), (Glow, {})], ids=["realnvp", "glow"])
+def test_whole_image_flow_inverts_and_logdet_matches_jacobian(cls, kwargs):
+    method = flow_of(cls, DIGITS, hidden=4, **kwargs)
+    x = L.dequantise(torch.randint(0, 17, (2, 1, 8, 8), generator=gen(11)).double() / 8 - 1, 0.125, gen(12))
+    eps, logdet = method.flow(x)
+    assert eps.shape == (2, 64)
+    assert (method.flow(eps, reverse=True) - x).abs().max() < 1e-5
+    torch.testing.assert_close(logdet, jacobian_logdets(lambda v: method.flow(v)[0], x), rtol=0, atol=1e-7)
