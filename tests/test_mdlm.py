@@ -8,7 +8,10 @@ error for the estimator — while any other factorised denoiser ``q`` pays exact
 ``L * KL(p || q)`` more; the ancestral sampler with that denoiser draws tokens with
 frequencies ``p`` and its masks retrace ``1 - alpha_t``. For a first-order Markov source
 the exact denoiser (forward-backward) makes the NELBO tight too, and the sampler
-reproduces the source at many steps and loosens at few.
+reproduces the source at many steps and loosens at few. The discrete-time bound with
+``T`` steps (Eq. 8): its weight in closed form, exact for the unigram denoiser at every
+``T``, the marginals' code length at ``T = 1``, looser at fewer steps for the Markov
+source (paired on common draws), and recorded by the ``discrete_bound`` metric.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ from gmbench_methods.discrete_diffusion.masking import (
     CosineSchedule,
     LogLinearSchedule,
     NoiseSchedule,
+    discrete_weight,
     get_schedule,
     mask_tokens,
     masked_nelbo,
+    snap_to_steps,
     stratified_times,
     subs_log_probs,
 )
-from gmbench_methods.discrete_diffusion.mdlm import MDLM
+from gmbench_methods.discrete_diffusion.mdlm import MDLM, DiscreteTimeBound
 
 V = 5  # a small vocabulary for the closed-form checks
 P = torch.tensor([0.4, 0.25, 0.15, 0.12, 0.08], dtype=torch.float64)
@@ -450,7 +455,7 @@ def test_nfe_sets_network_calls_and_caching_is_exact():
         assert calls == nfe and evals == nfe  # without the cache: one call per step
         cached_calls, cached_evals, cached = counts[True, nfe]
         assert torch.equal(cached, plain)  # skipping unchanged sequences changes nothing
-        assert cached_calls <= nfe and cached_evals <= min(nfe, length + 1)
+        assert cached_calls <= nfe and cached_evals <= min(nfe, length)  # no call once nothing is masked
     assert counts[True, 2][0] < counts[True, 8][0] < counts[True, 64][0]
     assert counts[True, 64][1] < 64 / 2  # at many steps most steps change nothing
 
@@ -481,6 +486,116 @@ def test_leftover_masks_are_filled_from_the_denoiser():
     method = unigram_mdlm(8, schedule=StopsShort(), cache=False)
     out = method.sample(300, "ancestral", 4, gen(7))
     assert (out < V).all() and method.net.calls == 5  # 4 steps + the filling call
+
+
+# ------------------------------------------------------------------ the discrete-time bound
+
+
+@pytest.mark.parametrize("schedule", [LogLinearSchedule(), CosineSchedule()])
+def test_discrete_weight_and_step_times(schedule):
+    steps = 10
+    u = torch.rand(20000, generator=gen(1), dtype=torch.float64).clamp(min=1e-12)
+    t = snap_to_steps(u, steps)
+    counts = torch.bincount((t * steps).round().long(), minlength=steps + 1)
+    assert counts[0] == 0 and (counts[1:] - 2000).abs().max() < 5 * math.sqrt(2000)  # i uniform on 1..T
+    torch.testing.assert_close(t * steps, (t * steps).round())
+    grid = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    by_hand = steps * (schedule.alpha(grid - 1 / steps) - schedule.alpha(grid)) / (1 - schedule.alpha(grid))
+    torch.testing.assert_close(discrete_weight(schedule, grid, steps), by_hand)
+    if isinstance(schedule, LogLinearSchedule):
+        torch.testing.assert_close(discrete_weight(schedule, grid, steps), 1 / grid)  # the continuous weight at t_i
+    assert snap_to_steps(u, None) is u
+
+
+def test_one_step_bound_is_the_marginals_code_length():
+    # T = 1: t = 1, every token masked, weight 1: the bound is -sum_l log p(x_l) under the
+    # exact denoiser's all-masked prediction, the stationary marginal (exact, no Monte Carlo)
+    x = markov_sample(50, 6, seed=4)
+    method = markov_mdlm(6)
+    bound = -method.log_likelihood_steps(x, gen(1), steps=1)
+    torch.testing.assert_close(bound, -PI.log()[x].sum(1), rtol=1e-6, atol=1e-6)  # float32 network outputs
+    assert float(bound.mean()) > float(-markov_log_prob(x).mean())  # looser than -log p(x) on average
+
+
+def test_discrete_bound_is_exact_for_the_unigram_denoiser_at_every_step_count():
+    # for i.i.d. tokens and the true unigram denoiser, E[masked CE | t] / t is constant in t,
+    # so every T-step bound equals -log p(x) in expectation (as the continuous one)
+    n, length = 3000, 8
+    x = iid_tokens(n, length, seed=5)
+    exact = -P.log()[x].sum(1)
+    method = unigram_mdlm(length)
+    for steps in (1, 3, 100):
+        err = -method.log_likelihood_steps(x, gen(6), steps=steps) - exact
+        se = float(err.std() / math.sqrt(n))
+        assert abs(float(err.mean())) < 4 * se + 1e-5, (steps, float(err.mean()), se)  # T = 1: no noise at all
+
+
+def test_fewer_steps_loosen_the_bound_of_a_markov_source():
+    # MDLM Sec. 3.2 / BD3-LM: the T-step bound decreases towards the continuous one as T
+    # grows; with the exact denoiser the continuous bound is -log p(x). Common draws (equal
+    # generator seeds) make the differences paired.
+    n, length = 1000, 8
+    x = markov_sample(n, length, seed=7)
+    method = markov_mdlm(length)
+    bounds = {s: -method.log_likelihood_steps(x, gen(8), steps=s, samples=2) for s in (2, 10, 100, None)}
+    for loose, tight in ((2, 10), (10, 100)):
+        diff = bounds[loose] - bounds[tight]
+        assert float(diff.mean()) > 3 * float(diff.std() / math.sqrt(n)), (loose, tight, float(diff.mean()))
+    # (T = 100 against continuous time differ by ~0.1 nats here, below the continuous
+    # estimator's noise: its weight 1/t is unbounded near t = 0, the T-step one stops at T)
+    err = bounds[None] - (-markov_log_prob(x))
+    assert abs(float(err.mean())) < 4 * float(err.std() / math.sqrt(n))
+
+
+def test_discrete_bound_metric_records_every_step_count_and_skips_others():
+    from gmbench.metrics.base import MetricSkipped
+    from gmbench.plugins import Registries
+    from gmbench_methods.discrete_diffusion.ar import AR
+
+    assert isinstance(Registries().metrics.get("discrete_bound"), DiscreteTimeBound)
+    data = SyntheticLanguage(seq_len=8, n_train=50, n_test=300)
+    # a stand-in model whose T-step bound is T nats per sequence (continuous: 0): the metric
+    # must report each under its own name, in bits per character of the test split
+    model = unigram_mdlm(8, q=torch.full((27,), 1 / 27, dtype=torch.float64))
+    model.log_likelihood_steps = lambda x, g, steps=None, samples=None: torch.full(
+        (x.shape[0],), -float(steps or 0), dtype=torch.float64)
+    metric = DiscreteTimeBound()
+    metric.batch_size = 128  # three batches: the totals run over all of them
+    ctx = EvalContext(dataset=data, n_samples=0, seed=0)
+    values = metric.score_model(model, ctx)
+    assert values == pytest.approx({f"test_bpc_T{s}": s / (8 * math.log(2)) for s in (10, 100, 1000)} | {"test_bpc_Tinf": 0.0})
+    assert [o.name for o in metric.outputs] == list(values)
+    with pytest.raises(MetricSkipped, match="no discrete-time diffusion bound"):
+        metric.score_model(AR(data.spec(), model_size="tiny"), ctx)
+    # a real mdlm: the continuous column agrees with its likelihood on the same windows
+    real = markov_mdlm(8)
+    torch.manual_seed(0)
+    x = markov_sample(300, 8, seed=9)
+    real_values = DiscreteTimeBound.score_model(metric, real, EvalContext(dataset=_Fixed(data, x), n_samples=0, seed=0))
+    exact_bits = float(-markov_log_prob(x).mean()) / (8 * math.log(2))
+    assert real_values["test_bpc_T10"] > real_values["test_bpc_T1000"]
+    assert real_values["test_bpc_Tinf"] == pytest.approx(exact_bits, abs=0.15)
+
+
+class _Fixed:
+    """A dataset stand-in whose test split is ``x`` (token ids of the Markov source)."""
+
+    def __init__(self, data, x):
+        self.data, self.x = data, x
+
+    def spec(self):
+        return self.data.spec()
+
+    def split(self, name):
+        from gmbench.data.base import Split
+
+        return Split(self.x)
+
+
+def test_log_likelihood_is_the_continuous_bound_of_log_likelihood_steps():
+    method = markov_mdlm(8)
+    x = markov_sample(20, 8, seed=2)
+    assert torch.equal(method.log_likelihood(x, gen(3)), method.log_likelihood_steps(x, gen(3), steps=None))
 
 
 # ------------------------------------------------------------------ determinism and errors

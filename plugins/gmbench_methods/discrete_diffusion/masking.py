@@ -20,6 +20,13 @@ arXiv 2406.07524):
   ``E_{t ~ U[0,1]} E_q [ -alpha'_t / (1 - alpha_t) * sum_{l: z_t^l = m} -log x_theta^l(x^l) ]``,
   in nats per sequence. Substituting ``u = 1 - alpha_t`` shows it does not depend on
   the schedule's form, only on its endpoints (as the paper notes).
+* Discrete-time NELBO with ``T`` steps (Eq. 8, ``t(i) = i / T``, ``s(i) = (i - 1) / T``):
+  ``sum_{i=1}^T E_q [ (alpha_s - alpha_t) / (1 - alpha_t) * sum_{masked l} -log x_theta^l(x^l | z_t) ]``;
+  the reconstruction and prior terms vanish since ``alpha_0 = 1`` and ``alpha_1 = 0``.
+  Estimated with one uniform step ``i`` (``t = ceil(u T) / T`` for ``u`` uniform on (0, 1]),
+  weighted ``T (alpha_s - alpha_t) / (1 - alpha_t)`` (:func:`discrete_weight`); it is looser
+  than the continuous-time bound and tends to it as ``T`` grows (MDLM Sec. 3.2).
+  Times may also be given per token (shape ``(N, L)``): BD3-LM draws one per block.
 """
 
 from __future__ import annotations
@@ -119,14 +126,37 @@ def stratified_times(shape: tuple[int, ...], generator: torch.Generator | None =
     return t.to(device) if device is not None else t
 
 
+def snap_to_steps(t: torch.Tensor, steps: int | None) -> torch.Tensor:
+    """``ceil(t T) / T``: a time uniform on (0, 1] becomes the step ``t(i) = i / T`` with ``i``
+    uniform on ``1..T`` (the discrete-time NELBO's times); ``steps=None`` returns ``t`` as is."""
+    if steps is None:
+        return t
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.ceil(t.double() * steps).clamp(min=1) / steps
+
+
+def discrete_weight(schedule: NoiseSchedule, t: torch.Tensor, steps: int) -> torch.Tensor:
+    """``T (alpha_s - alpha_t) / (1 - alpha_t)`` with ``s = t - 1/T``: the weight of the
+    one-step estimate of the ``T``-step NELBO (Eq. 8) at a step time ``t`` from
+    :func:`snap_to_steps`. The loglinear schedule gives ``1 / t``, the continuous weight at
+    the grid point."""
+    t = t.double()
+    s = (t - 1.0 / steps).clamp(min=0.0)
+    return steps * (schedule.alpha(s) - schedule.alpha(t)) / schedule.one_minus_alpha(t)
+
+
 def mask_tokens(
     x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, mask_id: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``z_t ~ q(z_t | x)`` for each row of ``x`` (N, L) at its time ``t`` (N,).
+    """Draw ``z_t ~ q(z_t | x)`` for each row of ``x`` (N, L) at its time ``t``: shape ``(N,)``,
+    or ``(N, L)`` for one time per token (BD3-LM's per-block times).
 
     Returns ``(z_t, masked)`` with ``masked`` the boolean positions set to ``mask_id``.
     """
-    p_mask = schedule.one_minus_alpha(t.double())[:, None]
+    p_mask = schedule.one_minus_alpha(t.double())
+    if p_mask.dim() == 1:
+        p_mask = p_mask[:, None]
     if generator is not None:
         u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=torch.float64).to(x.device)
     else:
@@ -155,16 +185,24 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch
 
 
 def masked_nelbo(
-    log_probs: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule
+    log_probs: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
+    steps: int | None = None,
 ) -> torch.Tensor:
     """One-sample estimate of the NELBO (Eq. 10-11), nats per sequence, shape ``(N,)``.
 
     ``weight(t) * sum over masked positions of -log x_theta(x_l | z_t)``; with SUBS the
     unmasked terms are zero anyway (carry-over), so only masked positions are summed.
+    ``t`` is one time per row ``(N,)`` or per token ``(N, L)``; with ``steps`` the weight is
+    the ``T``-step one (:func:`discrete_weight`, times from :func:`snap_to_steps`).
     """
     log_px = log_probs.gather(-1, x[..., None]).squeeze(-1).double()
-    ce = torch.where(masked, -log_px, torch.zeros_like(log_px)).sum(-1)
-    return schedule.weight(t.double().to(ce.device)) * ce
+    ce = torch.where(masked, -log_px, torch.zeros_like(log_px))
+    t = t.double().to(ce.device)
+    weight = schedule.weight(t) if steps is None else discrete_weight(schedule, t, steps)
+    if weight.dim() == 1:
+        return weight * ce.sum(-1)
+    # per-token times: unmasked tokens cost nothing, whatever their (possibly infinite) weight
+    return torch.where(masked, weight * ce, torch.zeros_like(ce)).sum(-1)
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
