@@ -310,9 +310,10 @@ def test_monte_carlo_likelihood_is_unbiased_for_the_exact_bound():
         assert ((est.mean(0) - exact).abs() < 4.5 * se).all(), (transition, steps, est.mean(0), exact, se)
 
 
-def test_training_loss_is_the_step_term_plus_lambda_cross_entropy():
+@pytest.mark.parametrize("transition", ["absorbing", "uniform"])
+def test_training_loss_is_the_step_term_plus_lambda_cross_entropy(transition):
     table = torch.randn(V + 1, V + 1, L, V, generator=gen(9), dtype=torch.float64)
-    method = method_with(TableNet(table), "absorbing", hybrid_lambda=0.25)
+    method = method_with(TableNet(table), transition, hybrid_lambda=0.25)
     x0 = all_sequences(V).repeat(30, 1)
     torch.manual_seed(4)
     loss = method.training_step("hybrid", x0, 0)["adam"]
@@ -323,7 +324,9 @@ def test_training_loss_is_the_step_term_plus_lambda_cross_entropy():
     ce = -log_x0.gather(-1, x0[..., None]).squeeze(-1).double().sum(1)
     by_hand = (method.kl_term(x0, x_t, log_x0, t - 1, t) + 0.25 * ce).sum() / x0.numel()
     torch.testing.assert_close(loss, by_hand)
-    assert bool(((x_t == x0) | (x_t == V)).all())  # absorbing: each token kept or masked
+    assert 1 <= int(t.min()) and int(t.max()) <= 1000 and len(t.unique()) > 100  # t ~ U{1..T}
+    if transition == "absorbing":
+        assert bool(((x_t == x0) | (x_t == V)).all())  # each token kept or masked
 
 
 # ------------------------------------------------------------------ the sampler
@@ -351,6 +354,18 @@ def test_network_calls_follow_nfe_and_are_capped_at_T():
     assert sub_chain(1000, 3) == [0, 333, 666, 1000] and sub_chain(5, 5) == [0, 1, 2, 3, 4, 5]
 
 
+def test_unconditioned_absorbing_network_is_mdlms():
+    from gmbench_methods.discrete_diffusion.mdlm import MDLM
+
+    data = spec(12, 27)
+    plain = D3PM(data, model_size="tiny", time_conditioning=False)
+    assert plain.num_parameters() == MDLM(data, model_size="tiny").num_parameters()
+    assert D3PM(data, model_size="tiny").num_parameters() > plain.num_parameters()  # adaLN
+    x = torch.randint(0, 27, (4, 12), generator=gen(0))
+    assert torch.isfinite(plain.training_step("hybrid", x, 0)["adam"])
+    assert ((plain.sample(3, "ancestral", 4, gen()) < 27)).all()
+
+
 def test_deterministic_given_the_generator_and_untrained_is_a_valid_bound():
     torch.manual_seed(0)
     method = D3PM(spec(12, 27), model_size="tiny")
@@ -370,6 +385,8 @@ def test_bad_settings_give_one_line_errors():
         D3PM(spec(), model_size="tiny", transition="absorbing", schedule="cosine")
     with pytest.raises(MethodError, match="bound_steps must be in 1..timesteps"):
         D3PM(spec(), model_size="tiny", timesteps=10, bound_steps=11)
+    with pytest.raises(MethodError, match="needs time_conditioning=True"):
+        D3PM(spec(), model_size="tiny", transition="uniform", time_conditioning=False)
     method = method_with(UnigramNet(P0))
     with pytest.raises(MethodError, match="need nfe >= 1"):
         method.sample(2, "ancestral", 0, gen())
@@ -418,9 +435,3 @@ class TestD3PMConforms(MethodConformance):
 
     method = D3PM
     load_entrypoints = False
-
-
-class TestD3PMUniformConforms(MethodConformance):
-    method = D3PM
-    load_entrypoints = False
-    hparams = {"transition": "uniform"}

@@ -247,18 +247,22 @@ def test_uniform_likelihood_is_the_integrand_at_stratified_times_plus_the_prior(
     assert ((t > torch.arange(3).repeat(9) / 3) & (t <= (torch.arange(3).repeat(9) + 1) / 3)).all()
 
 
-def test_training_loss_is_the_rate_weighted_score_entropy_per_token():
+@pytest.mark.parametrize("graph", ["absorbing", "uniform"])
+def test_training_loss_is_the_rate_weighted_score_entropy_per_token(graph):
     table = torch.randn(V + 1, V + 1, L, V, generator=gen(9), dtype=torch.float64)
-    method = method_with(TableNet(table), "absorbing", t_min=0.2)
+    method = method_with(TableNet(table), graph, t_min=0.2)
+    eps = 0.0 if graph == "absorbing" else 1e-3
     x0 = all_sequences(V).repeat(30, 1)
     torch.manual_seed(4)
     loss = method.training_step("score_entropy", x0, 0)["adam"]
-    torch.manual_seed(4)
+    torch.manual_seed(4)  # the same draws, by hand
     t = 0.2 + 0.8 * torch.rand(len(x0), dtype=torch.float64)
-    x_t = method.trans.sample(x0, 1 - t)
-    per_position = score_entropy(method.trans, method.log_score(x_t, t), x_t, x0, 1 - t)
-    torch.testing.assert_close(loss, ((1 / (1 - t)) * per_position.sum(1)).sum() / x0.numel())
-    assert bool(((x_t == x0) | (x_t == V)).all())
+    keep = 1 - (1 - eps) * t
+    x_t = method.trans.sample(x0, keep)
+    per_position = score_entropy(method.trans, method.log_score(x_t, t), x_t, x0, keep)
+    torch.testing.assert_close(loss, (((1 - eps) / keep) * per_position.sum(1)).sum() / x0.numel())
+    if graph == "absorbing":
+        assert bool(((x_t == x0) | (x_t == V)).all())
 
 
 # ------------------------------------------------------------------ samplers
@@ -293,6 +297,17 @@ def test_euler_needs_many_steps_where_tweedie_needs_one():
     assert ((out >= 0) & (out < V)).all() and tv(out) < 0.03
 
 
+def test_unconditioned_absorbing_network_is_mdlms():
+    from gmbench_methods.discrete_diffusion.mdlm import MDLM
+
+    data = spec(12, 27)
+    plain = SEDD(data, model_size="tiny", time_conditioning=False)
+    assert plain.num_parameters() == MDLM(data, model_size="tiny").num_parameters()
+    x = torch.randint(0, 27, (4, 12), generator=gen(0))
+    assert torch.isfinite(plain.training_step("score_entropy", x, 0)["adam"])
+    assert torch.isfinite(plain.log_likelihood(x, gen(1))).all()
+
+
 def test_deterministic_given_the_generator():
     torch.manual_seed(0)
     method = SEDD(spec(12, 27), model_size="tiny")
@@ -310,6 +325,8 @@ def test_bad_settings_give_one_line_errors():
         SEDD(spec(), model_size="tiny", graph="absorb")
     with pytest.raises(MethodError, match="absorbing graph needs eps = 0"):
         SEDD(spec(), model_size="tiny", eps=1e-3)
+    with pytest.raises(MethodError, match="needs time_conditioning=True"):
+        SEDD(spec(), model_size="tiny", graph="uniform", time_conditioning=False)
     method = method_with(exact_score_net("absorbing"))
     with pytest.raises(MethodError, match="no sampler 'tweedie'"):
         method.sample(2, "tweedie", 4, gen())
@@ -357,9 +374,3 @@ class TestSEDDConforms(MethodConformance):
 
     method = SEDD
     load_entrypoints = False
-
-
-class TestSEDDUniformConforms(MethodConformance):
-    method = SEDD
-    load_entrypoints = False
-    hparams = {"graph": "uniform"}

@@ -37,7 +37,10 @@ Parameterisation (x_0-parameterisation, Sec. 3.3, Eq. 4): the shared bidirection
 :class:`gmbench.backbones.Transformer`, conditioned on ``t / T`` by adaLN (the paper's
 transformer takes the time step), at the budget's size preset like ``mdlm``, reads the
 ``K`` states (``V + 1`` with ``[MASK]``, ``V`` for uniform) and predicts logits of
-``p~(x_0 | x_t)`` over the ``V`` data tokens (never ``[MASK]``). The reverse step is
+``p~(x_0 | x_t)`` over the ``V`` data tokens (never ``[MASK]``). The adaLN layers make it
+larger than mdlm's unconditioned network (1.26M against 0.80M parameters at ``small``, at
+almost the same FLOPs: they act once per sequence); ``time_conditioning=False`` (absorbing
+only) gives mdlm's network exactly. The reverse step is
 
     ``p(x_{t-1} | x_t) ∝ sum_{x~0} q(x_{t-1}, x_t | x~0) p~(x~0 | x_t)
                         = (x_t Q_t^T)[x_{t-1}] * (p~ Qbar_{t-1})[x_{t-1}]``        (Eq. 4)
@@ -166,6 +169,10 @@ class D3PM(Method):
             each step's ``L_{t-1}`` (0.01, the paper's text8 setting; 0 trains ``L_vb`` alone).
         lr, grad_clip: Adam learning rate and gradient-norm clip (mdlm's values, so that
             only the objective differs).
+        time_conditioning: condition the network on ``t / T`` (default True, as the paper's
+            transformer). False is allowed for absorbing only (the number of ``[MASK]`` tokens
+            tells the network roughly where it is, as mdlm's default): it drops the adaLN
+            layers, so the network has mdlm's parameter count. Uniform noise hides ``t``.
         bound_steps: steps ``n`` of the sub-chain whose bound :meth:`log_likelihood`
             evaluates (None: ``T``, the model's own bound); fewer steps give a looser bound.
         likelihood_samples: stratified steps per sequence in :meth:`log_likelihood` (4,
@@ -193,6 +200,7 @@ class D3PM(Method):
         hybrid_lambda: float = 0.01,
         lr: float = 1e-3,
         grad_clip: float = 1.0,
+        time_conditioning: bool = True,
         bound_steps: int | None = None,
         likelihood_samples: int = 4,
         chunk_rows: int = 1024,
@@ -212,6 +220,8 @@ class D3PM(Method):
             raise MethodError(f"d3pm: bound_steps must be in 1..timesteps ({timesteps}), got {bound_steps!r}")
         if int(likelihood_samples) < 1 or int(chunk_rows) < 1:
             raise MethodError("d3pm: likelihood_samples and chunk_rows must be >= 1")
+        if not time_conditioning and transition == "uniform":
+            raise MethodError("d3pm: the uniform transition needs time_conditioning=True (x_t does not reveal t)")
         if schedule == "auto":
             schedule = "inverse" if transition == "absorbing" else "cosine"
         if transition == "absorbing" and schedule == "cosine":
@@ -226,9 +236,10 @@ class D3PM(Method):
         self.hybrid_lambda, self.lr, self.grad_clip = float(hybrid_lambda), lr, grad_clip
         self.bound_steps = self.timesteps if bound_steps is None else int(bound_steps)
         self.likelihood_samples, self.chunk_rows = int(likelihood_samples), int(chunk_rows)
+        self.time_conditioning = bool(time_conditioning)
         # K states in, V data-token logits out (p~ never predicts [MASK]); conditioned on t / T
         self.net = Transformer(self.trans.num_states, self.seq_len, out_dim=self.vocab_size, size=model_size,
-                               causal=False, cond=True)
+                               causal=False, cond=self.time_conditioning)
         #: network calls of the last ``sample`` call
         self.last_sampling: dict = {}
 
@@ -242,7 +253,10 @@ class D3PM(Method):
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """``log p~(x_0 | x_t)`` over the ``V`` data tokens, shape (N, L, V); ``t`` (N,) integer steps."""
-        logits = self.net(x_t, t.to(x_t.device).float() / self.timesteps)
+        if self.time_conditioning:
+            logits = self.net(x_t, t.to(x_t.device).float() / self.timesteps)
+        else:
+            logits = self.net(x_t)
         return torch.log_softmax(logits.to(dtype), dim=-1)
 
     def _denoiser_chunked(self, x_t: torch.Tensor, t: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
