@@ -11,7 +11,7 @@ the exact denoiser (forward-backward) makes the NELBO tight too, and the sampler
 reproduces the source at many steps and loosens at few. The discrete-time bound with
 ``T`` steps (Eq. 8): its weight in closed form, exact for the unigram denoiser at every
 ``T``, the marginals' code length at ``T = 1``, looser at fewer steps for the Markov
-source (paired on common draws), and recorded by the ``discrete_bound`` metric.
+source (paired on common draws), and recorded by the ``likelihood_steps`` metric.
 """
 
 from __future__ import annotations
@@ -517,7 +517,7 @@ def test_one_step_bound_is_the_marginals_code_length():
     assert float(bound.mean()) > float(-markov_log_prob(x).mean())  # looser than -log p(x) on average
 
 
-def test_discrete_bound_is_exact_for_the_unigram_denoiser_at_every_step_count():
+def test_likelihood_steps_is_exact_for_the_unigram_denoiser_at_every_step_count():
     # for i.i.d. tokens and the true unigram denoiser, E[masked CE | t] / t is constant in t,
     # so every T-step bound equals -log p(x) in expectation (as the continuous one)
     n, length = 3000, 8
@@ -547,12 +547,12 @@ def test_fewer_steps_loosen_the_bound_of_a_markov_source():
     assert abs(float(err.mean())) < 4 * float(err.std() / math.sqrt(n))
 
 
-def test_discrete_bound_metric_records_every_step_count_and_skips_others():
+def test_likelihood_steps_metric_records_every_step_count_and_skips_others():
     from gmbench.metrics.base import MetricSkipped
     from gmbench.plugins import Registries
     from gmbench_methods.discrete_diffusion.ar import AR
 
-    assert isinstance(Registries().metrics.get("discrete_bound"), DiscreteTimeBound)
+    assert isinstance(Registries().metrics.get("likelihood_steps"), DiscreteTimeBound)
     data = SyntheticLanguage(seq_len=8, n_train=50, n_test=300)
     # a stand-in model whose T-step bound is T nats per sequence (continuous: 0): the metric
     # must report each under its own name, in bits per character of the test split

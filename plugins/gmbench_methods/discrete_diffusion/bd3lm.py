@@ -16,7 +16,7 @@ with the log-linear schedule ``alpha_t = 1 - t`` (weight ``1 / t``). ``log_likel
 returns minus it (label ``bound``; the host reports bits/char), averaged over
 ``likelihood_samples`` draws of independent per-block times (stratified over the draws of
 each block); ``log_likelihood_steps(steps=T)`` gives the ``T``-step discrete-time bound
-of each block (MDLM's Eq. 8 per block), which mdlm's ``discrete_bound`` metric records.
+of each block (MDLM's Eq. 8 per block), which mdlm's ``likelihood_steps`` metric records.
 Limits: for ``L' = L`` this is MDLM's NELBO; for ``L' = 1`` each block is one token and
 its term is ``E_t (1/t) P(masked) (-log p(x_l | x^{<l}))``, the autoregressive NLL, exactly
 in expectation (Suppl. B.4); tests/test_bd3lm.py checks both on the same network outputs.

@@ -36,7 +36,7 @@ are 0 since ``alpha_0 = 1``, ``alpha_1 = 0``), estimated from one uniform step p
 It is what an ancestral sampler with ``T`` steps is trained to bound; the paper (Sec. 3.2,
 Table 8 of the appendix) shows it loosens as ``T`` falls and tends to the continuous bound.
 The record gets them through the model metric :class:`DiscreteTimeBound`
-(``discrete_bound``: ``test_bpc_T10``, ``test_bpc_T100``, ``test_bpc_T1000`` and
+(``likelihood_steps``: ``test_bpc_T10``, ``test_bpc_T100``, ``test_bpc_T1000`` and
 ``test_bpc_Tinf``, the continuous bound on the same draws), which this module registers
 for every method with a ``log_likelihood_steps`` (bd3lm has one too) and skips for the
 others. The host's contract has no place for a second likelihood of one method, so this
@@ -272,7 +272,9 @@ class DiscreteTimeBound(Metric):
     is larger than ``test_bpc``'s (which averages ``likelihood_samples`` draws).
     """
 
-    name = "discrete_bound"
+    #: sorts after ``likelihood``: the host runs model metrics in name order under one
+    #: deadline, and the unified likelihood must not wait for these extra columns
+    name = "likelihood_steps"
     version = "1"
     kind = "model"
     modalities = ("text",)
@@ -282,8 +284,10 @@ class DiscreteTimeBound(Metric):
         MetricOutput(f"test_bpc_T{s}", "lower", f"text: the {s}-step NELBO (discrete time), bits/char", "bits/char")
         for s in steps
     ) + (MetricOutput("test_bpc_Tinf", "lower", "text: the continuous-time NELBO on the same draws", "bits/char"),)
-    max_examples = 2000
-    batch_size = 500
+    #: half the likelihood's 2000: four bounds per sequence cost as much as the likelihood's
+    #: four draws on all 2000, and the paired differences need few sequences
+    max_examples = 1000
+    batch_size = 250
 
     def fingerprint_fields(self, ctx: EvalContext) -> dict:
         return {"split": "test", "max_examples": self.max_examples, "steps": list(self.steps), "draws_per_sequence": 1}
@@ -298,10 +302,10 @@ class DiscreteTimeBound(Metric):
         totals = dict.fromkeys((*self.steps, None), 0.0)
         with torch.no_grad():
             for i, chunk in enumerate(x.split(self.batch_size)):
-                if ctx.deadline is not None and i and time.monotonic() > ctx.deadline:
+                if ctx.deadline is not None and time.monotonic() > ctx.deadline:
                     raise MetricSkipped(
-                        f"not evaluated: the discrete-time bounds used up the likelihood's share of the evaluation "
-                        f"cap after {i * self.batch_size} of {len(x)} test examples")
+                        f"not evaluated: the likelihood's share of the evaluation cap was used up after "
+                        f"{i * self.batch_size} of {len(x)} test examples of the discrete-time bounds")
                 for steps in totals:
                     g = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 104_729 + i)
                     ll = score(chunk, g, steps=steps, samples=1).double()
