@@ -6,6 +6,9 @@ For each seed and each FLOP budget:
 (a) gmbench's ``glow`` (1807.03039) and ``realnvp`` (1605.08803) at the ``small`` preset,
     trained through gmbench's own loop (``gmbench.training.train``: its meter, data order and
     optimizer) with the toy2d allowance set to the budget;
+(a') the same two with every coupling network swapped for zuko's kind (two hidden layers of
+    64, ReLU; ``glow[plain=64]``): the flow code against zuko's on equal conditioners, apart
+    from the shared backbone's cost;
 (b) zuko's ``NSF`` (neural spline flow, arXiv 1906.04032: monotonic rational-quadratic
     splines, autoregressive conditioners, which in 2-D are couplings) and zuko's ``RealNVP``
     (affine coupling), each with 3 transforms of two hidden layers of 64 (zuko's defaults),
@@ -68,15 +71,37 @@ def run_gmbench(name: str, seed: int, flops: float, data: EightGaussians, kwargs
     from gmbench_methods.flows.realnvp import RealNVP
 
     cls = {"glow": Glow, "realnvp": RealNVP}[name]
+    kwargs = dict(kwargs)
+    plain = kwargs.pop("plain", None)
     budget = replace(SMALL, train_flops={**SMALL.train_flops, "toy2d": flops})
     torch.manual_seed(seed)  # network initialisation, as the runner does
     method = cls(data.spec(), model_size=budget.model_size, **kwargs)
+    if plain:
+        swap_conditioners(method, int(plain))
     t0 = time.perf_counter()
     (report,) = train(method, data.split("train").x, budget, "toy2d", torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - t0
     nll = test_nll(lambda c: method.log_likelihood(c, None), data.split("test").x)
     return {"steps": report.steps, "flops": report.flops, "seconds": seconds, "nll": nll,
             "params": method.num_parameters()}
+
+
+def swap_conditioners(method, width: int) -> None:
+    """Replace every coupling network by zuko's default kind (``Linear, ReLU, Linear, ReLU,
+    Linear`` of ``width``), last layer zeroed as gmbench's: the ``[plain=64]`` rows compare
+    the flow code with zuko's on the same size of conditioner, apart from the shared backbone."""
+    from torch import nn
+
+    from gmbench_methods.flows.layers import ChannelCoupling, MaskedCoupling
+
+    for m in method.flow.modules():
+        if isinstance(m, (ChannelCoupling, MaskedCoupling)):
+            d_in, d_out = m.net.inp.in_features, m.net.out.out_features
+            net = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                nn.Linear(width, d_out))
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
+            m.net = net
 
 
 # ------------------------------------------------------------------------- (b) zuko
@@ -135,7 +160,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flops", default="1e11,3e11,1e12", help="comma-separated training budgets")
-    parser.add_argument("--methods", default="zuko-nsf,zuko-realnvp,glow,realnvp")
+    parser.add_argument("--methods", default="zuko-nsf,zuko-realnvp,glow,realnvp,glow[plain=64],realnvp[plain=64]",
+                        help="zuko-nsf, zuko-realnvp, or a gmbench flow with constructor arguments "
+                             "name[key=value;...]; plain=W swaps its conditioners for zuko's kind of MLP")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     args = parser.parse_args()
     budgets = [float(f) for f in args.flops.split(",")]
