@@ -167,8 +167,9 @@ class D3PM(Method):
             uniform), ``"inverse"`` (``beta_t = 1/(T-t+1)``) or ``"cosine"`` (uniform only).
         hybrid_lambda: weight of the auxiliary cross-entropy ``-log p~(x_0 | x_t)`` added to
             each step's ``L_{t-1}`` (0.01, the paper's text8 setting; 0 trains ``L_vb`` alone).
-        lr, grad_clip: Adam learning rate and gradient-norm clip (mdlm's values, so that
-            only the objective differs).
+        lr: Adam learning rate (1e-3, mdlm's, so that only the objective differs; the
+            paper trains 1M steps at a smaller rate with warm-up).
+        grad_clip: gradient-norm clip (1, mdlm's).
         time_conditioning: condition the network on ``t / T`` (default True, as the paper's
             transformer). False is allowed for absorbing only (the number of ``[MASK]`` tokens
             tells the network roughly where it is, as mdlm's default): it drops the adaLN

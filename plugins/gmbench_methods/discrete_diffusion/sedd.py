@@ -169,8 +169,9 @@ class SEDD(Method):
         t_min: training times are drawn in ``[t_min, 1]`` (1e-3, the reference's sampling
             eps: the loss's variance grows without bound as ``t -> 0``, as for mdlm).
             :meth:`log_likelihood` always integrates over (0, 1].
-        lr, grad_clip: Adam learning rate and gradient-norm clip (mdlm's values, so that
-            only the objective differs; the reference uses 3e-4 over 400k steps).
+        lr: Adam learning rate (1e-3, mdlm's, so that only the objective differs; the
+            reference uses 3e-4 over 400k steps).
+        grad_clip: gradient-norm clip (1, mdlm's and the reference's).
         time_conditioning: condition the network on ``t`` (default True, as the reference).
             False is allowed for absorbing only: with the scale by sigma, the exact
             log-score is ``log p_0(y | unmasked tokens) - log(e^sigmabar - 1)``, whose

@@ -89,7 +89,8 @@ class KeepOrJump:
         col = self._col(a, x).squeeze(-1)
         return col * (x == y).double() + (1.0 - col) * self.pi.to(x.device)[y]
 
-    def sample(self, x: torch.Tensor, a: torch.Tensor | float, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, x: torch.Tensor, a: torch.Tensor | float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw from row ``x`` of ``M(a)`` per token: keep with probability ``a``, else draw from ``pi``.
 
         Two float64 uniforms per token whatever the kind (``generator=None``: torch's global RNG)."""
