@@ -324,8 +324,11 @@ class DDPM(Method):
         beta = 1 - ab[t] / ab[t - 1]
         return beta if self.sigma2 == "beta" else (1 - ab[t - 1]) / (1 - ab[t]) * beta
 
-    def _vlb_timesteps(self, b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps (K, b) for the terms t = 2..T and their weights (K,), stratified."""
+    def _vlb_timesteps(self, b: int, generator: torch.Generator,
+                       last_alone: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (K, b) for the terms t = 2..T and their weights (K,), stratified;
+        ``last_alone`` gives ``t = T`` a stratum of its own (one more draw), for schedules
+        whose last term stands out (iDDPM's ``beta_T = 0.999``)."""
         n_terms = self.T - 1
         if self.vlb_draws == "all" or self.vlb_draws >= n_terms:
             edges = torch.arange(2, self.T + 2)  # one stratum per t: the exact sum
@@ -335,6 +338,8 @@ class DDPM(Method):
             # large t long ones. Unbiased for any edges; duplicates from rounding dropped.
             grid = torch.arange(self.vlb_draws + 1, dtype=torch.float64) / self.vlb_draws
             edges = torch.unique((2 + n_terms * grid**STRATA_POWER).round().long())
+            if last_alone:
+                edges = torch.unique(torch.cat([edges, torch.tensor([self.T])]))
         size = (edges[1:] - edges[:-1]).to(self.device)
         k = len(size)
         u = torch.rand((k, b), generator=generator, device=generator.device, dtype=torch.float64).to(self.device)
