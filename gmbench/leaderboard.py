@@ -143,8 +143,8 @@ def method_label(rec: dict) -> str:
     extras = [f"{k}={v}" for k, v in sorted((rec.get("hparams") or {}).items())]
     if rec.get("precision") not in (None, "fp32"):
         extras.append(str(rec["precision"]))
-    if rec.get("source") in ("loaded", "reference"):
-        extras.append(str(rec["source"]))
+    if rec.get("source") in ("loaded", "reference", "external"):
+        extras.append(str(rec["source"]))  # an external "ddpm" is never merged with a trained one
     return f"{rec['method']}[{', '.join(extras)}]" if extras else str(rec["method"])
 
 

@@ -62,11 +62,21 @@ def make_plugin_manager(extra_plugins: tuple = (), load_entrypoints: bool = True
 
 def _load_entrypoints(pm: PluginManager) -> None:
     only_own = os.environ.get("GMBENCH_DISABLE_EXTERNAL_PLUGINS") == "1"
-    for ep in md.entry_points(group=hookspecs.PROJECT):
+    # gmbench's own entry points first, so a third-party plugin can never displace a built-in
+    eps = sorted(md.entry_points(group=hookspecs.PROJECT), key=lambda e: (e.dist is None or e.dist.name != "gmbench"))
+    for ep in eps:
         dist = ep.dist.name if ep.dist else ""
         if only_own and dist != "gmbench":
             continue
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+        if pm.is_blocked(ep.name):
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            owner = pm.distributions.get(ep.name, ("", ""))
+            if owner[0] != dist:  # the same name from another distribution: refused, never a silent swap
+                warnings.warn(
+                    f"gmbench: plugin {ep.name!r} of {dist or '?'} {ep.dist.version if ep.dist else ''} is not loaded: "
+                    f"the name is taken by {owner[0] or '?'} {owner[1]}; rename the entry point (and its method) in "
+                    f"{dist or 'that package'}'s pyproject.toml", stacklevel=2)
             continue
         try:
             plugin = ep.load()

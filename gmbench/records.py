@@ -53,6 +53,9 @@ class RunSpec:
     precision: str = "fp32"
     load: str | None = None
     eval_options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs, e.g. fid_reference_split
+    #: "distribution version" of a third-party method's plugin ("" for gmbench's own): two
+    #: plugins that use one method name, or two versions of one plugin, never share a record
+    plugin: str = ""
 
     def key(self) -> dict:
         d = asdict(self)
@@ -65,6 +68,8 @@ class RunSpec:
             d.pop("load")
         if not d["eval_options"]:
             d.pop("eval_options")
+        if not d["plugin"]:
+            d.pop("plugin")
         return d
 
     @property

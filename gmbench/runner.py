@@ -85,7 +85,7 @@ def expand(
             if modality not in cls.modalities:
                 skipped.append((m, t, f"{m} supports {', '.join(cls.modalities)}, not {modality}"))
                 continue
-            specs += [RunSpec(m, t, budget, int(s), device) for s in seeds]
+            specs += [RunSpec(m, t, budget, int(s), device, plugin=plugin_of(reg, m)) for s in seeds]
     return Matrix(specs, skipped)
 
 
@@ -285,6 +285,12 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         "profile": profile,
         "peak_memory": _peak_memory_mb(device),
     }
+
+
+def plugin_of(reg: Registries, method: str) -> str:
+    """``RunSpec.plugin`` of ``method``: its distribution and version, or "" for gmbench's own."""
+    origin = reg.methods.origin(method) if method in reg.methods else ""
+    return "" if not origin or origin.split(" ")[0] == "gmbench" else origin
 
 
 def _dist_of(reg: Registries, method: str) -> tuple[str, str]:

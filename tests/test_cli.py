@@ -20,7 +20,7 @@ def test_plugins_list_json_names_family_paper_distribution():
     assert rows["ddpm"]["family"] == "diffusion" and rows["ddpm"]["paper"] == "arXiv:2006.11239"
     assert rows["mdlm"]["modalities"] == ["text"] and rows["mdlm"]["likelihood"] == "bound"
     assert rows["vae"]["distribution"] == "gmbench"
-    assert {s["name"] for s in rows["ddpm"]["samplers"]} == {"ancestral", "ddim"}
+    assert {s["name"] for s in rows["ddpm"]["samplers"]} == {"ancestral", "ancestral-tilde", "ddim", "ddim-eta1"}
 
 
 def test_datasets_and_budgets_lists():

@@ -12,8 +12,14 @@ import click
                    "named gmbench-NAME is used as the package folder itself).")
 def new_plugin(name, out_dir) -> None:
     """Create gmbench-NAME: pyproject with the entry point, a working method, conformance tests, README, CI."""
+    from importlib import metadata
+
+    from gmbench.hookspecs import PROJECT
     from gmbench.template import TemplateError, render
 
+    taken = {ep.name: ep.dist.name if ep.dist else "?" for ep in metadata.entry_points(group=PROJECT)}
+    if name in taken:
+        raise click.ClickException(f"the plugin name {name!r} is taken by the installed {taken[name]}; choose another name")
     try:
         root = render(name, out_dir)
     except TemplateError as exc:
