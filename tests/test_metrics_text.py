@@ -87,6 +87,26 @@ def test_reference_model_is_trained_under_the_budget_once_and_cached(lang, tmp_p
     assert torch.equal(again.token_nll(x), model.token_nll(x))
 
 
+def test_an_environment_error_is_not_cached_as_the_reference_failing(lang, tmp_path, monkeypatch):
+    # A deleted working directory made a published run's reference fail with a bare
+    # FileNotFoundError, and the cached failure then poisoned every later run.
+    import gmbench.training
+    from gmbench.metrics.base import MetricError
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(gmbench.training, "train", broken)
+    for _ in range(2):
+        with pytest.raises(MetricError, match="No such file or directory"):
+            reference_model(_ctx(lang, tmp_path))
+    assert len(calls) == 2  # tried again: nothing was cached
+    assert not list((tmp_path / "reference_ar").glob("*.failed.json"))
+
+
 def test_a_failed_reference_is_cached_with_its_reason_until_cleared(lang, tmp_path, monkeypatch):
     import gmbench.training
     from gmbench.metrics.base import MetricError

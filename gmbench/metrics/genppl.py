@@ -158,6 +158,10 @@ def _load_or_train(ctx: EvalContext, path: Path, seed: int, digest: str) -> tupl
                 meta = _train_reference(ctx, model, path, seed, digest)
             except MetricError:
                 raise
+            except OSError as exc:  # the environment (a deleted working directory, a full disk): not cached
+                from gmbench.evaluate import one_line
+
+                raise MetricError(f"the reference language model could not be built: {one_line(exc)}") from None
             except Exception as exc:  # noqa: BLE001 - cached, so every later run says why at once
                 from gmbench.evaluate import one_line
 
