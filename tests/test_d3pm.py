@@ -310,6 +310,26 @@ def test_monte_carlo_likelihood_is_unbiased_for_the_exact_bound():
         assert ((est.mean(0) - exact).abs() < 4.5 * se).all(), (transition, steps, est.mean(0), exact, se)
 
 
+def test_bounds_at_several_step_counts_share_their_draws():
+    # log_likelihood_steps (the interface of mdlm's likelihood_steps metric): steps=None and
+    # steps > T are the model's own T-step bound; equally seeded calls use the same uniforms.
+    table = torch.randn(V + 1, V + 1, L, V, generator=gen(7), dtype=torch.float64)
+    method = method_with(TableNet(table), "absorbing", timesteps=100, likelihood_samples=2)
+    x0 = all_sequences(V).repeat(50, 1)
+    own = method.log_likelihood_steps(x0, gen(4), None)
+    torch.testing.assert_close(own, method.log_likelihood_steps(x0, gen(4), 100), rtol=0, atol=0)
+    torch.testing.assert_close(own, method.log_likelihood_steps(x0, gen(4), 1000), rtol=0, atol=0)
+    torch.testing.assert_close(own, method.log_likelihood(x0, gen(4)), rtol=0, atol=0)
+    coarse = method.log_likelihood_steps(x0, gen(4), 10)
+    assert float(coarse.mean()) < float(own.mean())  # a looser bound, on the same draws
+    g = gen(4)
+    method.log_likelihood_steps(x0, g, 10)
+    after_coarse = torch.rand(1, generator=g)
+    g = gen(4)
+    method.log_likelihood_steps(x0, g, 100)
+    assert torch.equal(after_coarse, torch.rand(1, generator=g))  # same number of draws
+
+
 @pytest.mark.parametrize("transition", ["absorbing", "uniform"])
 def test_training_loss_is_the_step_term_plus_lambda_cross_entropy(transition):
     table = torch.randn(V + 1, V + 1, L, V, generator=gen(9), dtype=torch.float64)

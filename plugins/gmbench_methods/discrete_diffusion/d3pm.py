@@ -72,7 +72,9 @@ mean of ``likelihood_samples`` terms ``L_{j-1}``, ``j`` stratified over the ``n`
 chain, one ``x_t`` draw each. ``n = bound_steps`` (default ``T``) evaluates the bound of
 the same network on an ``n``-step sub-chain ``0 = tau_0 < .. < tau_n = T``,
 ``tau_j = floor(j T / n)`` (the reference code's ``eval_step_size``): with fewer steps the
-bound is looser (D3PM T1 lists text8 bounds at fewer steps too).
+bound is looser (D3PM T1 lists text8 bounds at fewer steps too). :meth:`D3PM.log_likelihood_steps`
+gives the same for any ``n`` on paired draws, which mdlm's ``likelihood_steps`` metric records
+as ``test_bpc_T10/T100/T1000`` (its ``Tinf`` column is d3pm's own ``T``-step bound).
 
 Sampler ``ancestral`` (``nfe`` adjustable): ``x_T ~ pi``, then ``p(x_{tau_{j-1}} | x_{tau_j})``
 for ``j = n..1`` on the ``n = min(nfe, T)``-step sub-chain, one network call per step;
@@ -313,8 +315,24 @@ class D3PM(Method):
 
         ``likelihood_samples`` stratified steps per sequence, one ``x_t`` each; all randomness
         from ``generator``."""
+        return self.log_likelihood_steps(x, generator, self.bound_steps)
+
+    def log_likelihood_steps(self, x: torch.Tensor, generator: torch.Generator, steps: int | None = None,
+                             samples: int | None = None) -> torch.Tensor:
+        """Minus the ``steps``-step sub-chain's bound, nats per sequence (N,), from ``samples``
+        (default ``likelihood_samples``) stratified steps per sequence.
+
+        The interface of mdlm's ``likelihood_steps`` metric (test bits/char at T = 10, 100,
+        1000 and its "continuous-time" column). D3PM is a discrete-time model: ``steps=None``
+        and ``steps > T`` give its own ``T``-step bound (no finer chain exists). The random
+        draws do not depend on ``steps`` (the same uniforms pick the stratified step and
+        keep-or-jump each token), so equally seeded calls are paired across ``steps``.
+        """
         x0 = self._check_tokens(x)
-        n, k, steps = x0.shape[0], self.likelihood_samples, self.bound_steps
+        n, k = x0.shape[0], int(samples or self.likelihood_samples)
+        steps = self.timesteps if steps is None else min(int(steps), self.timesteps)
+        if steps < 1:
+            raise MethodError(f"d3pm: the bound needs steps >= 1, got {steps}")
         tau = torch.tensor(sub_chain(self.timesteps, steps), dtype=torch.long)
         j = torch.ceil(stratified_times((n, k), generator) * steps).long().clamp(1, steps).reshape(-1)
         s, t = tau[j - 1].to(self.device), tau[j].to(self.device)
