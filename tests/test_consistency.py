@@ -43,6 +43,13 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def assert_close(actual, expected, atol=1e-5, rtol=1.3e-6):
+    """torch.testing.assert_close's check for float32 (its first call imports for seconds)."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected, dtype=actual.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.allclose(actual, expected, atol=atol, rtol=rtol), (actual, expected)
+
+
 class PointMassNet(nn.Module):
     """``F`` such that ``c_skip x + c_out F(c_in x, ln(t)/4)`` is the exact consistency function
     ``c + (x - c) eps / t`` of a point mass at ``c`` (or, with ``edm=True``, such that EDM's
@@ -119,9 +126,9 @@ def test_network_sees_c_in_x_and_quarter_log_t():
     spy = Spy()
     x, t = torch.randn(5, 2, generator=gen(2)), torch.tensor([0.01, 0.1, 1.0, 10.0, 320.0])
     out = method.consistency_fn(spy, x, t)
-    torch.testing.assert_close(spy.seen[0], x / (t[:, None] ** 2 + 4.0).sqrt())
-    torch.testing.assert_close(spy.seen[1], 0.25 * t.log())
-    torch.testing.assert_close(out, 4.0 / ((t[:, None] - 0.008) ** 2 + 4.0) * x)  # F = 0: f = c_skip x
+    assert_close(spy.seen[0], x / (t[:, None] ** 2 + 4.0).sqrt())
+    assert_close(spy.seen[1], 0.25 * t.log())
+    assert_close(out, 4.0 / ((t[:, None] - 0.008) ** 2 + 4.0) * x)  # F = 0: f = c_skip x
 
 
 # ------------------------------------------------------------------ discretisation and schedules
@@ -135,7 +142,7 @@ def test_karras_times_and_per_example_times_agree():
         assert math.isclose(float(t[i]), (lo + i / 17 * (hi - lo)) ** 7, rel_tol=1e-12)
     method = ConsistencyModel(IMAGE, model_size="tiny")
     idx = torch.arange(18)
-    torch.testing.assert_close(method.time_at(idx, 18), t.float())
+    assert_close(method.time_at(idx, 18), t.float())
     assert float(method.time_at(torch.tensor([0]), 18)) == float(torch.tensor(0.002))  # exact ends
 
 
@@ -212,7 +219,7 @@ def test_heun_step_is_karras_heun_on_a_linear_denoiser():
     d = (1 - a) * x / 10.0
     x_e = x + h * d
     expected = x + h / 2 * (d + (1 - a) * x_e / 6.0)
-    torch.testing.assert_close(method.heun_step(x, t, s), expected)
+    assert_close(method.heun_step(x, t, s), expected)
 
 
 def test_teacher_loss_is_edm_weighted_denoising_error():
@@ -242,16 +249,16 @@ def test_target_and_evaluation_ema_updates():
             method.ema.out.weight.fill_(0.0)
         method.on_step_end("consistency", step)
         mu = ct_ema(step, 100, 2, 5, 0.9)  # s1 = auto = round(sqrt(100)/2) = 5
-        torch.testing.assert_close(method.target.out.weight, torch.full_like(method.target.out.weight, 1 - mu))
+        assert_close(method.target.out.weight, torch.full_like(method.target.out.weight, 1 - mu))
         decay = min(0.9999, (1 + step) / (10 + step))
-        torch.testing.assert_close(method.ema.out.weight, torch.full_like(method.ema.out.weight, 1 - decay))
+        assert_close(method.ema.out.weight, torch.full_like(method.ema.out.weight, 1 - decay))
     cd = ConsistencyModel(TOY, model_size="tiny", mode="cd")
     with torch.no_grad():
         cd.net.out.weight.fill_(1.0)
     cd.on_step_end("teacher", 0)  # the teacher stage leaves the consistency target alone
     assert float(cd.target.out.weight.abs().max()) == 0.0
     cd.on_step_end("distill", 0)
-    torch.testing.assert_close(cd.target.out.weight, torch.full_like(cd.target.out.weight, 0.05))
+    assert_close(cd.target.out.weight, torch.full_like(cd.target.out.weight, 0.05))
 
 
 def test_distill_stage_starts_from_the_teacher_ema():
@@ -293,7 +300,7 @@ def test_nfe_is_the_number_of_network_calls_and_multistep_keeps_the_law(sampler,
     # the prior N(0, T^2) stands in for p_T = N(c, T^2): each evaluation at tau keeps a share
     # eps / tau of the offset -c, so the mean is c (1 - prod eps / tau_i); the variance is eps^2
     kept = math.prod(1.0 / tau for tau in method.sample_times(calls))
-    torch.testing.assert_close(x.mean(0), c * (1 - kept), atol=0.02, rtol=0)  # std error 0.005
+    assert_close(x.mean(0), c * (1 - kept), atol=0.02, rtol=0)  # std error 0.005
     var = x.var(0)
     assert bool(((var - 1.0).abs() < 0.04).all()), var  # std error of a variance here: 0.007
 
@@ -368,7 +375,7 @@ def test_step_estimate_matches_the_steps_the_host_takes(dataset):
     probe.budget_view = budget.view(modality, {"consistency": 1e18})
     probe.estimate_steps("consistency", ds.split("train").x)
     per_step = probe.step_estimate["flops_per_step"]
-    budget = dataclasses.replace(budget, train_flops={modality: 12.5 * per_step})  # ~12 steps
+    budget = dataclasses.replace(budget, train_flops={modality: 6.5 * per_step})  # ~6 steps
     torch.manual_seed(0)
     method = ConsistencyModel(ds.spec(), model_size="tiny")
     (report,) = train(method, ds.split("train").x, budget, modality, gen(0))
@@ -381,21 +388,24 @@ def test_step_estimate_matches_the_steps_the_host_takes(dataset):
 # ------------------------------------------------------------------ it learns (smoke budget)
 
 
-def test_learns_8gaussians_at_smoke_budget():
+def test_learns_8gaussians_at_half_the_smoke_budget():
+    """Half of smoke (~140 steps; measured at seed 0: one-step 1.54, two-step 1.08, ten steps
+    0.58 against the data's Gaussian 0.83 and the untrained model's 2.86)."""
     ds = EightGaussians()
     train_x, test_x = ds.split("train").x, ds.split("test").x[:2000]
+    budget = dataclasses.replace(SMOKE, train_flops={"toy2d": SMOKE.flops_for("toy2d") / 2})
     torch.manual_seed(0)
-    method = ConsistencyModel(ds.spec(), model_size=SMOKE.model_size)
-    (report,) = train(method, train_x, SMOKE, "toy2d", gen(0))
-    assert report.flops <= SMOKE.flops_for("toy2d") and report.steps > 100
+    method = ConsistencyModel(ds.spec(), model_size=budget.model_size)
+    (report,) = train(method, train_x, budget, "toy2d", gen(0))
+    assert report.flops <= budget.flops_for("toy2d") and report.steps > 100
     fit = torch.distributions.MultivariateNormal(train_x.mean(0), torch.cov(train_x.T))
-    baseline = sliced_wasserstein(fit.sample((2000,)), test_x)  # the data's Gaussian: ~0.83
+    baseline = sliced_wasserstein(fit.sample((2000,)), test_x)  # the data's Gaussian
     untrained = sliced_wasserstein(ConsistencyModel(ds.spec(), model_size="tiny").sample(2000, "onestep", 1, gen(1)), test_x)
     one = sliced_wasserstein(method.sample(2000, "onestep", 1, gen(1)), test_x)
     two = sliced_wasserstein(method.sample(2000, "twostep", 2, gen(1)), test_x)
     ten = sliced_wasserstein(method.sample(2000, "multistep", 10, gen(1)), test_x)
     assert one < 0.6 * untrained, (one, untrained)  # untrained f(x, T) ~ 0: the data's mean
-    assert two < one and ten < 0.7 * baseline, (one, two, ten, baseline)
+    assert two < 0.8 * one and ten < 0.8 * baseline, (one, two, ten, baseline)
 
 
 # ------------------------------------------------------------------ the conformance kit
@@ -416,3 +426,4 @@ class TestConsistencyConformanceImages(MethodConformance):
     method = ConsistencyModel
     load_entrypoints = False
     dataset = "digits"
+    batch_size = 8
