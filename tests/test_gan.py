@@ -249,9 +249,35 @@ def test_dcgan_shapes_norms_and_sampler():
         method.log_likelihood(torch.zeros(2, 1, 8, 8), gen())
 
 
+def test_generator_ema_is_an_average_of_the_iterates_and_is_sampled():
+    torch.manual_seed(0)
+    method = GAN(TOY, model_size="tiny", ema_decay=0.9)
+    assert set(method.modules()) == {"generator", "discriminator", "generator_ema"}
+    assert method.num_parameters() == GAN(TOY, model_size="tiny").num_parameters()  # the shadow is no capacity
+    start = params_of(method.generator_ema)
+    iterates = []
+    for step in range(3):
+        with torch.no_grad():
+            for p in method.generator.parameters():
+                p.add_(0.1 * (step + 1))
+        iterates.append(params_of(method.generator))
+        method.on_step_end("adversarial", step)
+    expected = start
+    for step, it in enumerate(iterates):
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * it
+    torch.testing.assert_close(params_of(method.generator_ema), expected)
+    method.train(False)
+    z = torch.randn(4, method.latent_dim, generator=gen(3))
+    with torch.no_grad():
+        torch.testing.assert_close(method.sample(4, "generator", 1, gen(3)), method.generator_ema(z))
+    assert counted_nfe(method, "generator", 1, gen(4)) == 1
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
+        ({"ema_decay": 1.0}, "ema_decay must be in"),
         ({"loss": "minimax"}, "loss must be one of"),
         ({"d_steps": 0}, "d_steps must be a positive integer"),
         ({"latent_dim": 0}, "latent_dim must be a positive integer"),
@@ -296,6 +322,12 @@ class TestGANConformanceToy(MethodConformance):
 class TestGANConformanceDigits(MethodConformance):
     method = GAN
     dataset = "digits"
+
+
+class TestGANConformanceToyEMA(MethodConformance):
+    method = GAN
+    dataset = "8gaussians"
+    hparams = {"ema_decay": 0.999}
 
 
 class TestGANConformanceDigitsWGANGP(MethodConformance):
