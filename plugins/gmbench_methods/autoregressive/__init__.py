@@ -1,1 +1,0 @@
-"""autoregressive method plugins."""
