@@ -152,8 +152,8 @@ def test_actnorm():
 
 @pytest.mark.parametrize("shape", [(500, 3), (50, 2, 4, 4)], ids=["vector", "image"])
 def test_actnorm_data_dependent_init_gives_zero_mean_unit_variance(shape):
-    x = 5.0 + torch.randn(shape, generator=gen(6), dtype=torch.float64) * torch.tensor([0.1, 3.0, 1.0][: shape[1]],
-                                                                                       dtype=torch.float64).view(1, -1, *[1] * (len(shape) - 2))
+    spread = torch.tensor([0.1, 3.0, 1.0][: shape[1]], dtype=torch.float64).view(1, -1, *[1] * (len(shape) - 2))
+    x = 5.0 + torch.randn(shape, generator=gen(6), dtype=torch.float64) * spread  # channels of different scales
     layer = L.ActNorm(shape[1]).double()
     y, _ = layer(x)
     assert torch.equal(y, x) and int(layer.initialized) == 0  # outside data_init: the identity

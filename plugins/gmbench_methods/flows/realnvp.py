@@ -42,7 +42,8 @@ objective and the bits/dim it gives). Layers (equations in :mod:`.layers`):
   mismatch. Measured on 8gaussians, seed 0: at ``small`` (1e12 FLOPs, 8 couplings, 404
   steps) batch norm gave 4.86 nats at test while its training loss was 4.26; at 3.5e10 FLOPs
   (55 steps, lr 3e-3) batch norm 5.59, actnorm 4.42. Actnorm has no train/test difference.
-  Inside the image conditioners the same choice picks actnorm or ``nn.BatchNorm2d``.
+  Inside the image conditioners: actnorm with ``norm="actnorm"``, else ``nn.BatchNorm2d``
+  (the paper's ResNets use batch norm).
 * **Images: dequantisation and the logit transform** (Sec. 4.1): the discrete pixels get
   uniform noise within their bin (width ``delta = (hi - lo) / (levels - 1)``), are mapped to
   ``(0, 1)`` over ``[lo - delta/2, hi + delta/2]``, squeezed into ``[alpha, 1 - alpha]``
