@@ -97,7 +97,7 @@ def test_gradient_penalty_of_a_linear_critic_is_its_closed_form(shape):
     eps = torch.rand(6, generator=g, dtype=torch.float64)
     gp = gradient_penalty(lambda x: critic(x).squeeze(1), real, fake, eps)
     norm = float(w.detach().norm())
-    assert float(gp) == pytest.approx((norm - 1) ** 2, rel=1e-12)
+    assert float(gp.detach()) == pytest.approx((norm - 1) ** 2, rel=1e-12)
     # create_graph: the penalty is differentiable in the critic: d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||
     gp.backward()
     torch.testing.assert_close(w.grad, 2 * (norm - 1) * w.detach() / norm)
@@ -245,6 +245,7 @@ def test_dcgan_shapes_norms_and_sampler():
     wgan = GAN(spec, model_size="tiny", loss="wgan-gp")
     assert wgan.d_steps == 5 and wgan.lr == 1e-4 and wgan.betas == (0.0, 0.9)
     assert method.d_steps == 1 and method.betas == (0.5, 0.999) and method.lr == 2e-4
+    assert GAN(TOY, model_size="tiny").lr == 2e-4
     with pytest.raises(NotImplementedError):
         method.log_likelihood(torch.zeros(2, 1, 8, 8), gen())
 
@@ -353,6 +354,6 @@ def test_learns_8gaussians_at_smoke_budget():
     normal_swd = sliced_wasserstein(torch.randn(2000, 2, generator=gen(3)), test_x)
     samples = method.sample(2000, "generator", 1, gen(1))
     swd = sliced_wasserstein(samples, test_x)
-    # measured (seed 0): 0.42 against 1.93 for N(0, I) and 0.6-0.7 for the fitted Gaussian
-    assert swd < 0.35 * normal_swd and swd < 0.8 * fit_swd, (swd, normal_swd, fit_swd)
+    # measured (seed 0): about 0.22, against 1.91 for N(0, I) and 0.80 for the fitted Gaussian
+    assert swd < 0.25 * normal_swd and swd < 0.6 * fit_swd, (swd, normal_swd, fit_swd)
     assert mode_coverage(data, samples) >= 0.75
