@@ -314,6 +314,13 @@ def test_toy_samples_are_clipped_to_the_training_range_once_it_is_known():
     assert "data_range" in method.modules() and "data_range" not in IDDPM(TOY, clip_denoised=False).modules()
 
 
+def test_image_bound_clips_to_the_value_range_or_the_dequantised_support():
+    spec = Digits().spec()  # 17 levels on [-1, 1]: bins of width 1/8
+    assert IDDPM(spec, model_size="tiny").bound_clip_range == (-1.0, 1.0)
+    assert IDDPM(spec, model_size="tiny", decoder="gaussian").bound_clip_range == (-1.0625, 1.0625)
+    assert IDDPM(spec, model_size="tiny", clip_denoised=False).bound_clip_range is None
+
+
 def test_bad_hyper_parameters_fail_with_one_line_messages():
     with pytest.raises(ValueError, match="loss must be one of"):
         IDDPM(TOY, loss="simple")

@@ -325,13 +325,18 @@ class IDDPM(DDPM):
     @property
     def bound_clip_range(self):
         """Where the bound's ``p_theta`` clips predicted ``x0``: images, the value range (as the
-        released code's NLL evaluation); toy2d, the training range widened by its width on each
+        released code's NLL evaluation; with ``decoder="gaussian"``, which scores dequantised
+        pixels, widened by half a bin); toy2d, the training range widened by its width on each
         side (module docstring: the exact range would put a test point just outside it
         beyond every mean's reach)."""
         if not self.clip_denoised:
             return None
         if self.data.modality == "image":
-            return self.data.value_range
+            lo, hi = self.data.value_range
+            if self.decoder == "gaussian" and self.data.levels:  # a density of dequantised pixels
+                half = (hi - lo) / (self.data.levels - 1) / 2
+                return lo - half, hi + half
+            return lo, hi
         return self.data_range.bounds(widen=BOUND_RANGE_WIDEN)
 
     def on_stage_start(self, stage: str, train_x: torch.Tensor, generator: torch.Generator) -> None:
