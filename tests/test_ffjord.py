@@ -106,7 +106,7 @@ def _random_mlp(seed: int) -> SharedTimeMLP:
 
 def test_exact_divergence_equals_the_autograd_jacobian_trace_and_its_gradient():
     net = _random_mlp(2)
-    z = torch.randn(4, 2, generator=gen(3), requires_grad=True)
+    z = torch.randn(3, 2, generator=gen(3), requires_grad=True)
     t = torch.tensor(0.3)
     div = ffjord.exact_divergence(net(z, t), z, create_graph=True)
 
@@ -117,7 +117,7 @@ def test_exact_divergence_equals_the_autograd_jacobian_trace_and_its_gradient():
 
     ref = jacobian_trace()
     torch.testing.assert_close(div, ref, rtol=1e-5, atol=1e-6)
-    assert float(ref.abs().max()) > 0.05  # a field with a real divergence
+    assert float(ref.detach().abs().max()) > 0.05  # a field with a real divergence
     # training back-propagates through the divergence: its gradient in the parameters too
     params = list(net.parameters())
     g_div = torch.autograd.grad(div.sum(), params, allow_unused=True)
@@ -310,7 +310,11 @@ def test_learns_8gaussians_at_smoke_budget():
 
 
 class TestFFJORDConformance(MethodConformance):
+    """The default method (exact trace, RK4 training solve), one RK4 step per training solve
+    to keep the kit's two trainings cheap."""
+
     method = FFJORD
+    hparams = {"train_steps": 1}
 
 
 class TestFFJORDConformanceHutchinsonDopri5(MethodConformance):
@@ -322,7 +326,7 @@ class TestFFJORDConformanceHutchinsonDopri5(MethodConformance):
     checks it under the host's meter instead."""
 
     method = FFJORD
-    hparams = {"trace": "hutchinson", "solver": "dopri5"}
+    hparams = {"trace": "hutchinson", "solver": "dopri5", "train_rtol": 1e-2, "train_atol": 1e-2}
 
 
 class TestFFJORDConformanceImages(MethodConformance):
