@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from gmbench.budget import SMOKE, Budget
+from gmbench.budget import SMOKE
 from gmbench.data.base import DataSpec
 from gmbench.data.digits import Digits
 from gmbench.data.toy2d import EightGaussians
@@ -356,7 +356,8 @@ def test_registered_with_its_claims():
                            for d in ("8gaussians-swd", "digits-fid")} | {"cm-cd-beats-ct-one-step-8gaussians-swd",
                                                                         "cm-cd-beats-ct-one-step-digits-fid"}
     two = claims["cm-ct-two-step-beats-one-step-digits-fid"]
-    assert (two.a.method, two.a.sampler, two.a.nfe, two.b.sampler, two.b.nfe) == ("consistency", "twostep", 2, "onestep", 1)
+    assert (two.a.method, two.a.sampler, two.a.nfe) == ("consistency", "twostep", 2)
+    assert (two.b.method, two.b.sampler, two.b.nfe) == ("consistency", "onestep", 1)
     assert claims["cm-cd-beats-ct-one-step-digits-fid"].a.method == "consistency[mode=cd]"
 
 
@@ -400,7 +401,8 @@ def test_learns_8gaussians_at_half_the_smoke_budget():
     assert report.flops <= budget.flops_for("toy2d") and report.steps > 100
     fit = torch.distributions.MultivariateNormal(train_x.mean(0), torch.cov(train_x.T))
     baseline = sliced_wasserstein(fit.sample((2000,)), test_x)  # the data's Gaussian
-    untrained = sliced_wasserstein(ConsistencyModel(ds.spec(), model_size="tiny").sample(2000, "onestep", 1, gen(1)), test_x)
+    fresh = ConsistencyModel(ds.spec(), model_size="tiny")
+    untrained = sliced_wasserstein(fresh.sample(2000, "onestep", 1, gen(1)), test_x)
     one = sliced_wasserstein(method.sample(2000, "onestep", 1, gen(1)), test_x)
     two = sliced_wasserstein(method.sample(2000, "twostep", 2, gen(1)), test_x)
     ten = sliced_wasserstein(method.sample(2000, "multistep", 10, gen(1)), test_x)

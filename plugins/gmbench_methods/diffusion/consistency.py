@@ -124,9 +124,10 @@ from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stag
 MODES = ("ct", "cd")
 DISTANCES = ("l2", "pseudo-huber")
 SIGMA_DATA, SIGMA_MIN, SIGMA_MAX = 0.5, 0.002, 80.0  # Appendix C (EDM's values), images in [-1, 1]
-# toy2d: sigma_data and eps four times the paper's (the toys spread ~4-6x wider), T kept
-# (module docstring: measured against the paper's units and against T four times larger too)
-UNITS = {"image": 1.0, "toy2d": 4.0}
+# sigma_data and eps (and so the teacher's P_mean) are the paper's times this; T is kept. toy2d:
+# the toys spread ~4-6x wider than images (module docstring: measured against the paper's
+# values and against T four times larger too)
+SIGMA_SCALE = {"image": 1.0, "toy2d": 4.0}
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal noise distribution for the teacher
 # Adam learning rates of ddpm (measured there at these budgets); the paper uses 4e-4 at batch 512.
 DEFAULT_LR = {"toy2d": 3e-3, "image": 1e-3}
@@ -228,17 +229,17 @@ class ConsistencyModel(Method):
             raise ValueError(f"consistency: mode must be one of {MODES}, got {mode!r}")
         if distance not in DISTANCES:
             raise ValueError(f"consistency: distance must be one of {DISTANCES}, got {distance!r}")
-        units = UNITS[data.modality]
-        self.sigma_data = SIGMA_DATA * units if sigma_data is None else float(sigma_data)
-        self.eps = SIGMA_MIN * units if sigma_min is None else float(sigma_min)
+        scale = SIGMA_SCALE[data.modality]
+        self.sigma_data = SIGMA_DATA * scale if sigma_data is None else float(sigma_data)
+        self.eps = SIGMA_MIN * scale if sigma_min is None else float(sigma_min)
         self.T = SIGMA_MAX if sigma_max is None else float(sigma_max)
         if not 0 < self.eps < self.T or self.sigma_data <= 0:
             raise ValueError(f"consistency: need 0 < sigma_min < sigma_max and sigma_data > 0, got "
                              f"{self.eps}, {self.T}, {self.sigma_data}")
         for what, value, low in (("s0", s0, 1), ("s1", 1 if s1 == "auto" else s1, 1), ("cd_steps", cd_steps, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"consistency: {what} must be an integer >= {low}{' or auto' if what == 's1' else ''}, "
-                                 f"got {value!r}")
+                alternative = " or 'auto'" if what == "s1" else ""
+                raise ValueError(f"consistency: {what} must be an integer >= {low}{alternative}, got {value!r}")
         if s1 != "auto" and s1 + 1 < s0:
             raise ValueError(f"consistency: need s1 + 1 >= s0, got s0={s0}, s1={s1}")
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
@@ -446,9 +447,7 @@ class ConsistencyModel(Method):
         from gmbench.flops import count_cost
 
         view = self.budget_view
-        batch = train_x[: view.batch_size].to(self.device)
-        if len(batch) < view.batch_size:  # the host draws min(batch_size, rows) rows
-            batch = batch[torch.arange(min(view.batch_size, len(train_x)), device=self.device) % len(batch)]
+        batch = train_x[: view.batch_size].to(self.device)  # the host's batches: min(batch_size, rows) rows
 
         def probe():
             self.ct_loss(batch, self.s0).backward()
