@@ -227,7 +227,7 @@ def test_bound_of_the_data_marginal_model_is_minus_log_p0_plus_the_prior_mismatc
         assert 0 < float(mismatch.max()) < 1e-5  # the cosine schedule's clipped abar_T ~ 1e-6
     # the hand-made uniform model: 2 log 3 for every sequence (absorbing, any number of steps)
     flat = method_with(UnigramNet(torch.full((V,), 1 / V, dtype=torch.float64)), "absorbing")
-    for steps in (1, 3, 1000):
+    for steps in (1, 3, 20):
         torch.testing.assert_close(exact_nelbo(flat, x0, steps), torch.full((9,), 2 * math.log(3), dtype=torch.float64),
                                    atol=1e-9, rtol=0)
 
