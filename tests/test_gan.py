@@ -104,7 +104,7 @@ def test_gradient_penalty_of_a_linear_critic_is_its_closed_form(shape):
     # a critic with a unit-norm gradient is not penalised
     with torch.no_grad():
         w.div_(w.norm())
-    assert float(gradient_penalty(lambda x: critic(x).squeeze(1), real, fake, eps)) == pytest.approx(0.0, abs=1e-20)
+    assert float(gradient_penalty(lambda x: critic(x).squeeze(1), real, fake, eps).detach()) == pytest.approx(0.0, abs=1e-20)
 
 
 def test_critic_loss_includes_lambda_times_penalty():
@@ -122,7 +122,7 @@ def test_critic_loss_includes_lambda_times_penalty():
         fake = method.generator(torch.randn(16, method.latent_dim))
     eps = torch.rand(16)
     penalty = gradient_penalty(method.discriminator, real, fake, eps)
-    assert float(with_gp) == pytest.approx(float(without) + 10.0 * float(penalty), rel=1e-5)
+    assert float(with_gp.detach()) == pytest.approx(float(without.detach()) + 10.0 * float(penalty.detach()), rel=1e-5)
 
 
 # ------------------------------------------------------------------ alternation through the host
