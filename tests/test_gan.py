@@ -306,7 +306,7 @@ def test_registered_with_its_claims():
     assert [(s.name, s.adjustable_nfe, s.default_nfe) for s in GAN.samplers] == [("generator", False, 1)]
     c = reg.claims.get("ddpm-covers-more-modes-than-gan-8gaussians")
     assert (c.a.method, c.b.method, c.metric, c.b.nfe) == ("ddpm", "gan", "mode_coverage", 1)
-    c = reg.claims.get("gan-precision-not-below-ddpm-digits")
+    c = reg.claims.get("gan-precision-above-ddpm-digits")
     assert (c.a.method, c.b.method, c.metric) == ("gan", "ddpm", "precision")
     c = reg.claims.get("ddpm-recall-above-gan-digits")
     assert (c.a.method, c.b.method, c.metric) == ("ddpm", "gan", "recall")
