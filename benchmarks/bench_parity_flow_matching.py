@@ -64,10 +64,14 @@ from gmbench_methods.flow_matching import ode
 from gmbench_methods.flow_matching.flow_matching import FlowMatching
 
 NFES = (10, 20, 50, 100)
-SETTINGS = [("euler", n) for n in NFES] + [("dopri5", None)]
+
+
+def settings(nfes) -> list:
+    return [("euler", n) for n in nfes] + [("dopri5", None)]
 COUPLINGS = {"I-CFM": "independent", "OT-CFM": "minibatch_ot"}
 N_SAMPLES = 2000
 AUDIT_EVERY = 50
+SETTINGS = settings(NFES)
 
 
 # ------------------------------------------------------------------------- (a) gmbench
@@ -186,7 +190,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam lr for both (gmbench's toy2d default)")
     ap.add_argument("--sigma", type=float, default=0.0, help="torchcfm's sigma (its default 0)")
     ap.add_argument("--couplings", default="I-CFM,OT-CFM")
+    ap.add_argument("--nfes", default=",".join(map(str, NFES)), help="Euler NFEs to sample at")
     args = ap.parse_args()
+    global SETTINGS
+    SETTINGS = settings(int(n) for n in args.nfes.split(","))
     import torchcfm
 
     ds = EightGaussians()

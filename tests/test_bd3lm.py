@@ -167,7 +167,7 @@ def test_block_size_1_is_ar_on_the_same_network_outputs():
     torch.manual_seed(0)
     bd3 = BD3LM(text_spec(length), model_size="tiny", block_size=1)
     assert bd3.clip == (1.0, 1.0)  # the paper's tuned schedule for L' = 1: every token masked
-    x = torch.randint(0, V, (32, length), generator=gen(8))
+    x = torch.randint(0, V, (12, length), generator=gen(8))
     with torch.no_grad():
         # the network's next-token predictions: each position masked, clean tokens before it
         logits = bd3.denoise(torch.full_like(x, V), x)
@@ -179,7 +179,7 @@ def test_block_size_1_is_ar_on_the_same_network_outputs():
     ar_nll = -ar.log_likelihood(x)
     # the bound's expectation over masks and times: block l costs (1/t) P(masked) CE_l = CE_l for
     # every t, so it is AR's NLL exactly; the T-step estimate (finite variance: 1/t <= T) agrees
-    draws = 400
+    draws = 300
     est = -bd3.log_likelihood_steps(x.repeat(draws, 1), gen(2), steps=8, samples=1).view(draws, -1)
     err = est.mean(0) - ar_nll
     se = est.std(0) / math.sqrt(draws)
@@ -229,10 +229,12 @@ def test_nelbo_estimate_against_the_enumerated_expectation(steps):
     method = make_bd3(4, vocab=3, block_size=2, sharpen=3.0)
     x = torch.tensor([[0, 1, 2, 1], [2, 2, 0, 1], [1, 0, 0, 2]])
     exact = exact_bound(method, x, steps)
-    draws = 4000
+    draws = 1500
     est = -method.log_likelihood_steps(x.repeat(draws, 1), gen(11), steps=steps, samples=2).view(draws, -1)
     err, se = est.mean(0) - exact, est.std(0) / math.sqrt(draws)
-    assert (err.abs() < 4 * se).all() and float(se.max()) < 0.03 * float(exact.mean()), (err, se, exact)
+    # (and the check is sharp: the standard error is a few percent of the value; the
+    # continuous estimator's weight 1/t is unbounded, so its error is the wider one)
+    assert (err.abs() < 4 * se).all() and float(se.max()) < 0.05 * float(exact.mean()), (err, se, exact)
 
 
 def test_training_nelbo_at_fixed_block_times_against_enumeration():
@@ -255,7 +257,7 @@ def test_training_nelbo_at_fixed_block_times_against_enumeration():
             ce = -logp.gather(-1, x[..., None]).squeeze(-1)[:, masked].sum(1)
             tb = float(t[0, b])
             exact += tb ** (k - 1) * (1 - tb) ** (2 - k) * ce
-    draws = 3000
+    draws = 1500
     torch.manual_seed(3)
     with torch.no_grad():
         est = method.nelbo(x.repeat(draws, 1), t.expand(2 * draws, 2)).view(draws, 2)
@@ -286,7 +288,7 @@ def test_training_times_are_clipped_and_stratified():
 # ------------------------------------------------------------------ sampling
 
 
-@pytest.mark.parametrize("block_size,nfe", [(1, 3), (4, 5), (8, 64), (16, 4)])
+@pytest.mark.parametrize("block_size,nfe", [(1, 3), (4, 5), (8, 24), (16, 4)])
 def test_kv_cached_sampling_gives_the_uncached_tokens(block_size, nfe):
     length = 16
     results = {}

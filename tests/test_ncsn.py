@@ -15,6 +15,7 @@ Closed forms checked, each written here independently of the plugin's code:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -272,18 +273,20 @@ def test_registered_through_the_entry_point():
 
 
 def test_learns_8gaussians_at_smoke_budget():
-    """Trained for the smoke budget, annealed Langevin at the paper's T = 100 (NFE 1000) moves its
-    start (N(0, 10^2 I); the chain of an untrained, zero score is a random walk from there) onto
-    the data: sliced W2 a fifth of the start's and most samples within 1.5 of a mixture centre
-    (98.9% of the data are; measured 77% for seed 0, mode weights uneven, as Langevin's are)."""
+    """Trained for half the smoke budget, annealed Langevin with T = 50 steps per level (NFE 500)
+    moves its start (N(0, 10^2 I); the chain of an untrained, zero score is a random walk from
+    there) onto the data: sliced W2 a fifth of the start's and most samples within 1.5 of a
+    mixture centre (98.9% of the data are; measured 79% for seed 0, mode weights uneven, as
+    Langevin's are)."""
     ds = EightGaussians()
     train_x, test_x = ds.split("train").x, ds.split("test").x[:1000]
+    budget = dataclasses.replace(SMOKE, train_flops={"toy2d": SMOKE.flops_for("toy2d") / 2})  # half: test time
     torch.manual_seed(0)
-    method = NCSN(ds.spec(), model_size=SMOKE.model_size)
-    (report,) = train(method, train_x, SMOKE, "toy2d", gen(0))
-    assert report.flops <= SMOKE.flops_for("toy2d") and report.steps > 100
+    method = NCSN(ds.spec(), model_size=budget.model_size)
+    (report,) = train(method, train_x, budget, "toy2d", gen(0))
+    assert report.flops <= budget.flops_for("toy2d") and report.steps > 100
     start = method.initial(500, gen(2))
-    x = method.sample(500, "annealed-langevin-denoise", 1000, gen(1))
+    x = method.sample(500, "annealed-langevin-denoise", 500, gen(1))
     swd, start_swd = sliced_wasserstein(x, test_x), sliced_wasserstein(start, test_x)
     centres = 4 * torch.stack([torch.cos(torch.arange(8) * math.pi / 4), torch.sin(torch.arange(8) * math.pi / 4)], 1)
     near = lambda y: float((torch.cdist(y, centres).min(1).values < 1.5).float().mean())  # noqa: E731
@@ -302,4 +305,4 @@ class TestNCSNConformanceImages(MethodConformance):
     method = NCSN
     dataset = "digits"
     nfe = 10
-    hparams = {"score_scaling": "sigma", "ema_decay": 0.999}
+    hparams = {"score_scaling": "none", "ema_decay": 0.999}  # the paper's output, and an EMA

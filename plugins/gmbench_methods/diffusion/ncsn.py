@@ -18,11 +18,16 @@ Noise levels (§4.1): a geometric sequence ``sigma_1 > sigma_2 > ... > sigma_L``
 Network (§4.2 uses a RefineNet with conditional instance normalisation on the level index):
 the shared backbone (MLP on toy2d, U-Net on images, same size preset as ``ddpm``) takes the
 noise level through its time input as ``(log sigma - log sigma_L) / (log sigma_1 - log sigma_L)``,
-in [0, 1] (``sigma_L -> 0``, ``sigma_1 -> 1``). ``score_scaling="none"`` (default, the paper):
-the network's output is the score ``s_theta(x, sigma)``; ``"sigma"``:
+in [0, 1] (``sigma_L -> 0``, ``sigma_1 -> 1``). ``score_scaling="none"`` (the paper): the
+network's output is the score ``s_theta(x, sigma)``; ``"sigma"`` (default):
 ``s_theta(x, sigma) = out(x, sigma) / sigma``, the parameterisation of NCSNv2 (technique 3)
-and Score SDE, which only has to output values of order one. The output layer starts at
-zero (score 0), as ``ddpm``.
+and Score SDE, which only has to output values of order one while the score grows to
+``1 / sigma_L``. Deviation, measured on 8gaussians after ``smoke`` (seeds 0 / 1 / 2, annealed
+Langevin at NFE 1000, 1000 samples): ``"none"`` gave sliced W2 0.75 / 0.50 / diverged (a sample
+reached 4e15: where the learned score is far off, the step ``alpha_i s_theta / 2`` overshoots)
+with 75% / 78% / 60% of samples within 1.5 of a mixture centre; ``"sigma"`` 0.45 / 0.53 / 0.60
+with 88% / 90% / 84%. The output layer starts at zero (score 0), as
+``ddpm``.
 
 Objective (Eqs. 5-6): for ``i ~ U{1..L}``, ``x~ = x + sigma_i z``, ``z ~ N(0, I)``,
 ``l(theta; sigma) = 1/2 E || s_theta(x~, sigma) + (x~ - x) / sigma^2 ||^2`` and
@@ -84,8 +89,8 @@ class NCSN(Method):
             module doc (images: ``hi - lo`` and ``0.01 (hi - lo)``; toy2d: 10 and 0.01).
         L: number of noise levels (paper: 10).
         eps: Langevin step constant; None: ``0.2 sigma_L^2`` (the paper's 2e-5 at 0.01).
-        score_scaling: ``"none"`` (the network outputs the score, the paper) or ``"sigma"``
-            (its output divided by sigma, NCSNv2).
+        score_scaling: ``"sigma"`` (default: its output divided by sigma, NCSNv2) or
+            ``"none"`` (the network outputs the score, the paper; see the module doc).
         lr: Adam learning rate; None picks ``DEFAULT_LR`` for the modality (paper: 1e-3).
         grad_clip: gradient-norm clipping (gmbench's diffusion plugins clip at 1; the paper
             states none).
@@ -113,7 +118,7 @@ class NCSN(Method):
         sigma_L: float | None = None,
         L: int = 10,
         eps: float | None = None,
-        score_scaling: str = "none",
+        score_scaling: str = "sigma",
         lr: float | None = None,
         grad_clip: float | None = 1.0,
         ema_decay: float | None = None,
