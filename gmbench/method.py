@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from gmbench.data.base import DataSpec
+from gmbench.errors import MethodError  # noqa: F401  (defined torch-free, for the CLI)
 
 #: exact (flows, exact-trace ODEs, AR), bound (VAE, diffusion ELBOs), estimate (an unbiased
 #: stochastic estimate such as Hutchinson's trace: reported with its standard error), none (GANs)
@@ -58,8 +59,6 @@ LIKELIHOOD_KINDS = ("exact", "bound", "estimate", "none")
 StepResult = Union[Mapping[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
 
 
-class MethodError(RuntimeError):
-    """A method broke its contract (wrong shape, NaN, unknown sampler...)."""
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ class _Group(click.Group):
     """Turns gmbench's expected errors into one-line messages, not tracebacks."""
 
     def invoke(self, ctx):
-        from gmbench.data.base import DatasetUnavailableError
-        from gmbench.method import MethodError
+        from gmbench.errors import DatasetUnavailableError, MethodError
         from gmbench.records import RecordError
         from gmbench.registry import RegistryError
 

@@ -22,7 +22,10 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_list(as_json: bool) -> None:
     """Every method with its family, paper, distribution and modalities."""
-    reg = _registries()
+    emit(_listing("plugins", as_json), as_json)
+
+
+def _plugin_rows(reg, as_json: bool) -> list[dict]:
     rows = []
     for name in reg.methods.names():
         cls = reg.methods.get(name)
@@ -40,7 +43,7 @@ def plugins_list(as_json: bool) -> None:
                 "samplers": [s["name"] for s in d["samplers"]] if not as_json else d["samplers"],
             }
         )
-    emit(rows, as_json)
+    return rows
 
 
 @plugins.command("show")
@@ -91,7 +94,10 @@ def datasets() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def datasets_list(as_json: bool) -> None:
     """Every dataset, its modality, whether it is embedded (offline)."""
-    reg = _registries()
+    emit(_listing("datasets", as_json), as_json)
+
+
+def _dataset_rows(reg, as_json: bool) -> list[dict]:
     rows = []
     for name in reg.datasets.names():
         cls = reg.datasets.get(name)
@@ -104,7 +110,7 @@ def datasets_list(as_json: bool) -> None:
                 "description": cls.description,
             }
         )
-    emit(rows, as_json)
+    return rows
 
 
 @click.group()
@@ -115,8 +121,11 @@ def budgets() -> None:
 @budgets.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def budgets_list(as_json: bool) -> None:
-    """Every budget preset with its FLOPs, clock cap, model size and NFE grid."""
-    reg = _registries()
+    """Every budget preset with its FLOPs, clock cap, model size and NFE grid, smallest first."""
+    emit(_listing("budgets", as_json), as_json)
+
+
+def _budget_rows(reg, as_json: bool) -> list[dict]:
     rows = []
     for b in budgets_in_size_order([reg.budgets.get(name) for name in reg.budgets.names()]):
         if as_json:
@@ -128,7 +137,22 @@ def budgets_list(as_json: bool) -> None:
                  "wall_clock_s": _clock_cap(b), "model_size": b.model_size, "nfe_grid": list(b.nfe_grid),
                  "description": b.description}
             )
-    emit(rows, as_json)
+    return rows
+
+
+#: listing name -> the function that builds its rows from the registries
+_ROWS = {"plugins": _plugin_rows, "datasets": _dataset_rows, "budgets": _budget_rows}
+
+
+def _listing(kind: str, as_json: bool) -> list[dict]:
+    """The rows of one listing, from the stored catalog (no torch import) or built live."""
+    from gmbench.catalog import load_catalog
+
+    def build() -> dict:
+        reg = _registries()
+        return {k: {"json": rows(reg, True), "table": rows(reg, False)} for k, rows in _ROWS.items()}
+
+    return load_catalog(build)[kind]["json" if as_json else "table"]
 
 
 #: the built-in budgets, smallest first; any other budget follows them

@@ -22,13 +22,13 @@ from typing import ClassVar
 
 import torch
 
+from gmbench.errors import DatasetUnavailableError  # noqa: F401  (defined torch-free, for the CLI)
+
 MODALITIES = ("toy2d", "image", "text")
 
 EMBEDDED_ALTERNATIVES = "toy2d datasets (8gaussians, checkerboard, moons, spirals, rings), digits, synthlang"
 
 
-class DatasetUnavailableError(RuntimeError):
-    """A dataset that needs a download (or a cache) it cannot get; one-line message."""
 
 
 @dataclass(frozen=True)
