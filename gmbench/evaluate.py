@@ -32,6 +32,7 @@ from dataclasses import replace
 
 import torch
 
+from gmbench import progress
 from gmbench.budget import Budget
 from gmbench.records import SCHEMA_VERSION
 from gmbench.data.base import Dataset
@@ -143,14 +144,31 @@ def evaluate(
     deadline = deadline if deadline is not None else start + cap
 
     model_ctx = replace(ctx, deadline=min(deadline, start + MODEL_METRICS_SHARE * cap))
-    for metric in (m for m in metrics if m.kind == "model"):
+    grid = sampler_grid(method, budget)
+    model_metrics = [m for m in metrics if m.kind == "model"]
+    bar = progress.task(f"{method.name} eval", total=len(model_metrics) + len(grid), unit="setting")
+    for metric in model_metrics:
         entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
+        bar.advance(note=metric.name)
     profile["likelihood_s"] = time.monotonic() - start
 
     sample_metrics = [m for m in metrics if m.kind == "samples"]
     profile.setdefault("sampling_s", 0.0)
     profile.setdefault("sample_metrics_s", 0.0)
-    for i, (sampler, nfe) in enumerate(sampler_grid(method, budget)):
+    try:
+        _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, seed, precision, deadline, cap,
+                          entries, costs, profile, bar)
+    finally:
+        bar.close()
+    return entries, costs
+
+
+def _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, seed, precision, deadline, cap,
+                      entries, costs, profile, bar) -> None:
+    """Each (sampler, NFE) setting: sample with counted cost, then every sample metric on test and val."""
+    device = method.device
+    for i, (sampler, nfe) in enumerate(grid):
+        bar.advance(1 if i else 0, note=f"{sampler}@{nfe}")  # the previous setting is done, however it ended
         if time.monotonic() > deadline:
             # Keep what was measured; the settings not reached are recorded as such
             # (a run none of whose settings was reached fails in the runner).
@@ -180,7 +198,8 @@ def evaluate(
                     e["nfe_counted"] = cost["nfe_counted"]
                     entries.append(e)
         profile["sample_metrics_s"] += time.monotonic() - t0
-    return entries, costs
+    if grid:
+        bar.advance()
 
 
 class NFEMismatch(RuntimeError):

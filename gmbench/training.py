@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gmbench import checkpointing
+from gmbench import checkpointing, progress
 from gmbench.budget import Budget, BudgetExceeded, StepMeter
 from gmbench.checkpointing import CheckpointPolicy
 from gmbench.flops import count_cost
@@ -201,6 +201,8 @@ def train(
         n = data.shape[0]
         losses: dict = {}
         last_saved, stopped = clock(), ""
+        bar = progress.task(f"{method.name} train {stage.name}", total=report.flops_allowed, unit="FLOP")
+        bar.advance(report.prepare_flops + meter.total)  # preparation, and a resumed stage's steps
         spent_before = sum(r.flops for r in reports)
         taken = {p["fraction"] for r in reports + [report] for p in r.curve}
         pending = sorted(f for f in milestones if 0 < f < 1 and f not in taken)
@@ -229,9 +231,11 @@ def train(
                 idx = idx.pin_memory().to(data.device, non_blocking=True)
             batch = data[idx]
             step = meter.steps
+            counted = meter.total
             with meter.step():
                 losses = apply(method.training_step(stage.name, batch, step), step)
                 method.on_step_end(stage.name, step)
+            bar.advance(meter.total - counted, note=f"step {meter.steps}")
             if meter.steps == 1 and meter.total == 0:
                 raise MethodError(
                     f"a step of stage {stage.name!r} counted 0 FLOPs: the FLOP budget needs the step's work "
@@ -260,6 +264,7 @@ def train(
                     checkpoints.every_steps and meter.steps % checkpoints.every_steps == 0)):
                 save(in_stage=True)
                 last_saved = clock()
+        bar.close()
         if meter.over_budget:
             raise BudgetExceeded(
                 f"stage {stage.name!r} used {meter.total:.4g} FLOPs (audited), more than its allowance "

@@ -12,7 +12,8 @@ from tabulate import tabulate
 @click.command()
 @click.option("--plugins", default="all", show_default=True, help="'all' or comma-separated method names.")
 @click.option("--datasets", default=None, help="Comma-separated datasets (name or name:path). Default: every embedded dataset each method supports.")
-@click.option("--budget", default="small", show_default=True, help="Budget preset (see `gmbench budgets list`).")
+@click.option("--budget", default="small", show_default=True,
+              help="Budget preset, or a comma list such as smoke,small to run each (see `gmbench budgets list`).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, or a count like '3x' for 0,1,2.")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Directory for run records.")
 @click.option("--resume", is_flag=True,
@@ -46,9 +47,11 @@ from tabulate import tabulate
               help="Split image FID compares against (part of the fingerprint; docs/metrics.md).")
 @click.option("--allow-failures", is_flag=True,
               help="Exit 0 even when some runs failed or are incomplete (sweeps that expect some).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars and no per-run lines; failures, the table and the summary still print.")
 def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online, executor, jobs, ray_address, cpus_per_run,
         threads, gpus_per_run, memory_cap_mb, grace_s, precision, deterministic, loads, settings, checkpoint_dir,
-        fid_reference, allow_failures) -> None:
+        fid_reference, allow_failures, quiet) -> None:
     """Run every selected method on every dataset it supports, then rank them.
 
     Everything that can be checked without training (names, --set keys and types,
@@ -65,7 +68,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     from gmbench.cli import checks
     from gmbench.execution import ExecutionError, RunOptions, make_executor
     from gmbench.plugins import Registries
-    from gmbench.runner import expand, run_all
+    from gmbench.runner import run_all
 
     if online:
         os.environ.pop("HF_DATASETS_OFFLINE", None)
@@ -73,7 +76,8 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     seed_list = _parse_seeds(seeds)
     if datasets:
         checks.check_dataset_paths(datasets.split(","))
-    matrix = expand(reg, plugins=plugins, datasets=datasets, budget=budget, seeds=seed_list, device=device)
+    budgets = _parse_budgets(reg, budget)
+    matrix = _expand_budgets(reg, budgets, plugins=plugins, datasets=datasets, seeds=seed_list, device=device)
     checks.check_explicit_pairs(reg, plugins, datasets)
     if not matrix.specs:
         raise click.ClickException("nothing to run: no selected method supports the selected datasets")
@@ -101,18 +105,25 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
                                cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
     except ExecutionError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"gmbench: {len(matrix.specs)} runs at budget {budget!r} -> {Path(out_dir).resolve()}")
+    from gmbench import progress as bars
+
+    at = f"budget {budgets[0]!r}" if len(budgets) == 1 else f"budgets {', '.join(repr(b) for b in budgets)}"
+    click.echo(f"gmbench: {len(matrix.specs)} runs at {at} -> {Path(out_dir).resolve()}")
     _say_what_happens_to_existing(matrix.specs, out_dir, resume, force)
+    eta = RunETA()
 
     def progress(spec, rec, i, total):
-        head = f"[{i}/{total}] {spec.method} on {spec.dataset} seed {spec.seed}"
+        head = f"[{i}/{total}] {spec.method} on {spec.dataset} seed {spec.seed}{eta.after(i, total, rec is None)}"
         if rec is None:
-            click.echo(f"{head}: already done (ok record kept; --force re-runs it)")
+            if not quiet:
+                click.echo(f"{head}: already done (ok record kept; --force re-runs it)")
         elif rec["status"] == "skipped":
             click.echo(f"{head}: skipped: {rec['error']}", err=True)
         elif rec["status"] == "incomplete":
             click.echo(f"{head}: INCOMPLETE ({rec['train']['budget_spent']:.0%} of the budget): "
                        f"{rec['train']['stopped']}; evaluated anyway, `--resume` continues it", err=True)
+        elif quiet and rec["status"] == "ok":
+            pass
         elif rec["status"] == "ok" and rec.get("train") is None:
             click.echo(f"{head}: ok (loaded {Path(rec['load']['path']).name})")
         elif rec["status"] == "ok":
@@ -121,12 +132,15 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
             click.echo(f"{head}: FAILED: {rec['error']}", err=True)
 
     try:
-        with runner:
+        with runner, bars.reporting(bars.TqdmReporter() if bars.wanted(quiet) else None):
             records = run_all(matrix, reg, out_dir, resume=resume, on_record=progress, executor=runner, force=force)
     except ExecutionError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("")
-    click.echo(summary_table(reg, out_dir, [s.spec_hash for s in matrix.specs]))
+    for b in budgets:  # one table per budget: runs of different budgets are never ranked together
+        if len(budgets) > 1:
+            click.echo(f"budget {b}:")
+        click.echo(summary_table(reg, out_dir, [s.spec_hash for s in matrix.specs if s.budget == b]))
     counts = {k: sum(r["status"] == k for r in records) for k in ("ok", "failed", "incomplete", "skipped")}
     if counts["failed"] or counts["incomplete"]:
         click.echo(f"some runs did not finish ok; see their records in {out_dir}", err=True)
@@ -135,6 +149,61 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     if (counts["failed"] or counts["incomplete"]) and not allow_failures:
         # the summary above stays the last line on stdout; scripts read the status
         click.get_current_context().exit(checks.RUN_FAILED_EXIT)
+
+
+class RunETA:
+    """`, ETA 3m10s` for the per-run lines: the mean time of the runs done so far (runs
+    already done in --out cost nothing and are not counted) times the runs left."""
+
+    def __init__(self, clock=None) -> None:
+        import time
+
+        self.clock = clock or time.monotonic
+        self.start = self.clock()
+        self.skipped = 0
+
+    def after(self, done: int, total: int, was_skipped: bool) -> str:
+        self.skipped += was_skipped
+        ran = done - self.skipped
+        left = total - done
+        if ran <= 0 or left <= 0:
+            return ""
+        return f", ETA {_duration((self.clock() - self.start) / ran * left)}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _parse_budgets(reg, text: str) -> list[str]:
+    """``--budget`` as a list of registered budget names, checked before any run starts: an
+    unknown name (with a suggestion), an empty item or a repeated one is a one-line error."""
+    names = [t.strip() for t in text.split(",")]
+    if len(names) > 1:
+        if not all(names):
+            raise click.ClickException(f"--budget {text!r}: an empty name in the comma list")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise click.ClickException(f"--budget {text!r}: {', '.join(repeated)} listed more than once")
+    for name in names:
+        reg.budgets.get(name)  # RegistryError: "unknown budget 'x'; did you mean ...", one line
+    return names
+
+
+def _expand_budgets(reg, budgets: list[str], **kw):
+    """The run matrix of each budget, one after another (``--budget smoke,small``)."""
+    from gmbench.runner import Matrix, expand
+
+    matrices = [expand(reg, budget=b, **kw) for b in budgets]
+    if len(matrices) == 1:
+        return matrices[0]
+    skipped = list(dict.fromkeys(x for m in matrices for x in m.skipped))
+    return Matrix([s for m in matrices for s in m.specs], skipped)
 
 
 def _say_what_happens_to_existing(specs, out_dir, resume: bool, force: bool) -> None:
@@ -261,10 +330,29 @@ def summary_table(reg, out_dir, spec_hashes) -> str:
                         where = f"{sel.sampler}@{counted if counted is not None else sel.nfe}"
                     done = f"incomplete ({float(r.get('budget_spent') or 0):.0%} of budget)" if status == "incomplete" else "ok"
                     rows.append([label, r["seed"], values.get(int(r["seed"])), where, sel.note if sel else "", done])
-        rows += [[method_label(r), r["seed"], None, "", "", r["status"]] for r in records
+        rows += [[method_label(r), r["seed"], None, "", "", _failed(r)] for r in records
                  if r["dataset"] == dataset and r["status"] not in ("ok", "incomplete")]
         sign = 1 if direction == "lower" else -1
         rows.sort(key=lambda row: (row[5] != "ok", row[2] is None, sign * row[2] if row[2] is not None else 0, row[0], row[1]))
-        blocks.append(f"{dataset}: ranked by {metric} ({direction} is better), test value at the setting chosen on validation\n"
+        what = metric_description(reg, metric)
+        blocks.append(f"{dataset}: ranked by {metric}{f' ({what})' if what else ''}, {direction} is better; "
+                      "test value at the setting chosen on validation\n"
                       + tabulate(rows, headers=["method", "seed", metric, "sampler@counted NFE", "chosen on", "status"], floatfmt=".4g"))
     return "\n\n".join(blocks)
+
+
+def _failed(record: dict, width: int = 100) -> str:
+    """'failed: <its one-line error>', cut to fit a terminal row."""
+    error = " ".join(str(record.get("error") or "").split())
+    text = f"{record['status']}: {error}" if error else record["status"]
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def metric_description(reg, output_name: str) -> str:
+    """What a metric output measures, from the metric registry ('' if unknown)."""
+    for name in reg.metrics.names():
+        metric = reg.metrics.get(name)
+        for out in metric.outputs:
+            if out.name == output_name:
+                return out.description or metric.description
+    return ""
