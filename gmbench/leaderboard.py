@@ -28,6 +28,11 @@ registry). What a board can be trusted for:
   shown, marked, and never ranked.
 * **Provenance.** Records from a dirty git tree or from several revisions are
   refused unless allowed, and the footer says when they were.
+* **Quality against training compute.** Where records carry curves
+  (:mod:`gmbench.curve`), each dataset gets a curve page (:mod:`gmbench.curve_board`:
+  the primary metric at each training-FLOPs point per method, a plot, and where one
+  method overtakes another), joined across budgets where the curve protocol allows,
+  and its boards link to it. Records without curves change nothing.
 
 Everything written is a pure function of the records: the date in the footer
 is the latest ``finished_at`` of the records, plots carry no timestamp, and
@@ -131,6 +136,16 @@ def validate_record(rec: dict) -> None:
             raise bad(f"metric {name!r} has nfe {e['nfe']!r}, not an integer")
         if e.get("stderr") is not None and not number(e["stderr"]):
             raise bad(f"metric {name!r} has stderr {e['stderr']!r}, not a number")
+    curve = rec.get("curve")
+    if curve is not None:  # records written before runs took curves have none
+        if not isinstance(curve, list):
+            raise bad("'curve' is not a list")
+        for p in curve:
+            if not isinstance(p, dict):
+                raise bad(f"a curve point is {p!r}, not an object")
+            for key in ("fraction", "flops", "value"):
+                if (key == "fraction" or p.get(key) is not None) and not number(p.get(key)):
+                    raise bad(f"a curve point has {key} {p.get(key)!r}, not a number")
 
 
 def method_label(rec: dict) -> str:
@@ -233,6 +248,7 @@ class Board:
     fingerprints: list[str] = field(default_factory=list)
     floors: list[dict] = field(default_factory=list)  # noise-floor rows (unranked)
     backbone: str = ""  # the backbone family the board is restricted to; "" = every network
+    curves: str = ""  # slug of the dataset's curve page (gmbench.curve_board); "" = its records have no curves
 
     @property
     def slug(self) -> str:
@@ -729,6 +745,11 @@ def render_board(board: Board, generator_version: str) -> str:
               f"{m} on the test split (mean ± 95% interval over seeds of complete runs) per method and sampler.", ""]
     lines += [_nfe_table(board.by_nfe), ""]
     lines += ["## Quality versus sampling cost", "", f"![{m} against seconds per sample]({board.slug}.png)", ""]
+    if board.curves:
+        lines += ["## Quality against training compute", "",
+                  f"{m} against training FLOPs per method, from the curves the runs took during training, joined "
+                  f"across budgets where the curve protocol allows, with the crossovers: "
+                  f"[{md_escape(board.dataset)} curves]({board.curves}.md).", ""]
     if board.failed:
         lines += ["## Failed runs", ""]
         rows = [[md_escape(method_label(r)), r["seed"], md_escape(one_line(r.get("error")))] for r in board.failed]
@@ -781,7 +802,7 @@ def _provenance_warnings(records: list[dict]) -> str:
     return "".join(f"\n\n**Warning:** {w}." for w in out)
 
 
-def render_index(boards: list[Board], records: list[dict], generator_version: str) -> str:
+def render_index(boards: list[Board], records: list[dict], generator_version: str, curve_pages=()) -> str:
     rows = []
     for b in boards:
         leaders = [md_escape(r["method"]) for r in b.ranked if r["rank"] == 1]
@@ -797,7 +818,12 @@ def render_index(boards: list[Board], records: list[dict], generator_version: st
     table = tabulate(rows, headers=["board", "ranked by", "leader", "methods", "runs", "failed runs"],
                      tablefmt="github", disable_numparse=True)
     per = "dataset, compute budget and backbone family" if any(b.backbone for b in boards) else "dataset and compute budget"
-    return "\n".join(["# gmbench leaderboards", "", f"One board per {per}.", "", table, "",
+    curves = []
+    if curve_pages:
+        links = ", ".join(f"[{md_escape(p.dataset)}{' / ' + md_escape(p.backbone) if p.backbone else ''}]({p.slug}.md)"
+                          for p in curve_pages)
+        curves = [f"Quality against training compute (joined across budgets where the curve protocol allows): {links}.", ""]
+    return "\n".join(["# gmbench leaderboards", "", f"One board per {per}.", "", table, "", *curves,
                       footer(records, generator_version)]) + "\n"
 
 
@@ -863,13 +889,21 @@ def write_leaderboards(records: list[dict], out_dir, reg, allow_mixed: bool = Fa
     """Write every board, its plot and ``index.md`` to ``out_dir``; return the paths written.
     ``same_backbone`` and ``backbone``: see :func:`build_boards`."""
     from gmbench import __version__
+    from gmbench.curve_board import build_curve_pages, write_curve_pages
 
     records, _ = dedupe(records)
     boards = build_boards(records, reg, allow_mixed=allow_mixed, allow_dirty=allow_dirty,
                           allow_mixed_revisions=allow_mixed_revisions, same_backbone=same_backbone, backbone=backbone)
+    pages = build_curve_pages(filter_backbone(records, backbone) if backbone is not None else records, reg,
+                              allow_mixed=allow_mixed, same_backbone=same_backbone)
+    for b in boards:
+        b.curves = next((p.slug for p in pages if p.dataset == b.dataset
+                         and (not same_backbone or p.backbone.lower() == b.backbone.lower())), "")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written, used = [], set()
+    written, used = [], {p.slug for p in pages}
+    if len(used) < len(pages):
+        raise LeaderboardError("two curve pages map to the same file; rename a dataset or backbone")
     for b in boards:
         if b.slug in used:  # two names that differ only in unsafe characters
             raise LeaderboardError(f"boards {b.title!r} and another map to the same file {b.slug}.md")
@@ -878,6 +912,7 @@ def write_leaderboards(records: list[dict], out_dir, reg, allow_mixed: bool = Fa
         page.write_text(render_board(b, __version__))
         plot_board(b, out / f"{b.slug}.png")
         written += [page, out / f"{b.slug}.png"]
+    written += write_curve_pages(pages, out, __version__)
     index = out / "index.md"
-    index.write_text(render_index(boards, records, __version__))
+    index.write_text(render_index(boards, records, __version__, pages))
     return [index] + written

@@ -14,7 +14,9 @@ class InputError(click.ClickException):
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for index.md, the boards and their plots.")
-@click.option("--allow-mixed", is_flag=True, help="Put records with different protocol fingerprints on one board (marked as such).")
+@click.option("--allow-mixed", is_flag=True,
+              help="Put records with different protocol fingerprints on one board, or curves taken at different "
+                   "training fractions on one curve page (marked as such).")
 @click.option("--allow-dirty", is_flag=True,
               help="Accept records made from a git tree with uncommitted changes (stated in each page's footer).")
 @click.option("--allow-mixed-revisions", is_flag=True,
@@ -25,7 +27,8 @@ class InputError(click.ClickException):
 @click.option("--backbone", "backbone", default=None, metavar="FAMILY",
               help="Only runs whose network is of this backbone family (case-insensitive: unet, mlp, transformer).")
 def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revisions, same_backbone, backbone) -> None:
-    """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files)."""
+    """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files),
+    and one quality-against-training-compute page per dataset whose records carry curves."""
     from gmbench.cli.checks import check_writable_dir
     from gmbench.leaderboard import MalformedRecordError, dedupe, load_results, write_leaderboards
     from gmbench.plugins import Registries
@@ -41,5 +44,7 @@ def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revision
     paths = write_leaderboards(records, out_dir, Registries(), allow_mixed=allow_mixed, allow_dirty=allow_dirty,
                                allow_mixed_revisions=allow_mixed_revisions, same_backbone=same_backbone,
                                backbone=backbone)
-    boards = sum(1 for p in paths if p.suffix == ".md") - 1
-    click.echo(f"gmbench: {boards} board(s) from {len(records) - dropped} run(s) -> {paths[0]}")
+    curves = sum(1 for p in paths if p.name.endswith("__curves.md"))
+    boards = sum(1 for p in paths if p.suffix == ".md") - 1 - curves
+    also = f" and {curves} curve page(s)" if curves else ""
+    click.echo(f"gmbench: {boards} board(s){also} from {len(records) - dropped} run(s) -> {paths[0]}")
