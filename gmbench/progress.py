@@ -9,7 +9,7 @@ what is measured: it only reads counters the loops keep anyway.
 
 Usage in a loop::
 
-    bar = progress.task("ddpm train main", total=allowance, unit="FLOP")
+    bar = progress.task("ddpm stage main", total=allowance, unit="FLOP")
     bar.advance(step_flops)
     bar.close()
 """

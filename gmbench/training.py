@@ -201,7 +201,7 @@ def train(
         n = data.shape[0]
         losses: dict = {}
         last_saved, stopped = clock(), ""
-        bar = progress.task(f"{method.name} train {stage.name}", total=report.flops_allowed, unit="FLOP")
+        bar = progress.task(f"{method.name} stage {stage.name}", total=report.flops_allowed, unit="FLOP")
         bar.advance(report.prepare_flops + meter.total)  # preparation, and a resumed stage's steps
         spent_before = sum(r.flops for r in reports)
         taken = {p["fraction"] for r in reports + [report] for p in r.curve}

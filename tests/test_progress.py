@@ -48,10 +48,10 @@ def test_a_run_reports_training_flops_and_each_evaluation_setting(registries, tm
     with progress.reporting(rec_):
         rec = run_one(RunSpec("gaussfit", "8gaussians", "tiny-test", 0), registries, tmp_path)
     assert rec["status"] == "ok", rec.get("error")
-    train_bars = [t for t in rec_.tasks if " train " in t["label"]]
+    train_bars = [t for t in rec_.tasks if " stage " in t["label"]]
     (stage,) = rec["train"]["stages"]
     (bar,) = train_bars
-    assert bar["label"] == f"gaussfit train {stage['name']}" and bar["unit"] == "FLOP"
+    assert bar["label"] == f"gaussfit stage {stage['name']}" and bar["unit"] == "FLOP"
     assert bar["total"] == pytest.approx(stage["flops_allowed"])
     assert bar["done"] == pytest.approx(stage["flops"])  # every counted FLOP, no more
     assert bar["notes"][-1] == f"step {stage['steps']}" and bar["closed"]
@@ -65,7 +65,7 @@ def test_nothing_is_reported_without_a_reporter(registries, tmp_path, capfd):
     rec = run_one(RunSpec("gaussfit", "8gaussians", "tiny-test", 0), registries, tmp_path)  # the default: silent
     assert rec["status"] == "ok"
     err = capfd.readouterr().err
-    assert "gaussfit train" not in err and "gaussfit eval" not in err
+    assert "gaussfit stage" not in err and "gaussfit eval" not in err
 
 
 def test_bars_only_for_a_terminal_and_never_when_quiet():
