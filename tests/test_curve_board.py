@@ -80,7 +80,7 @@ def page_of(out) -> str:
 # -- the table and the crossovers ------------------------------------------------------------
 
 
-def test_table_gives_mean_and_t_interval_per_training_flops_point(tmp_path, real_plots):
+def test_table_gives_mean_and_t_interval_per_training_flops_point(tmp_path):
     write_leaderboards(crossing_records(), tmp_path, _registries())
     page = page_of(tmp_path)
     rows = table_rows(page, "method | sampler @ NFE")
@@ -93,7 +93,6 @@ def test_table_gives_mean_and_t_interval_per_training_flops_point(tmp_path, real
     # vae at 1/4: 0.30, 0.50, 0.40: mean 0.40, std 0.1, half-width 0.248
     assert body["vae"][:3] == ["decoder @ 1", "0.54 ± 0.2 (n=3)", "0.4 ± 0.25 (n=3)"]
     assert "![swd against training FLOPs](8gaussians__curves.png)" in page
-    assert (tmp_path / "8gaussians__curves.png").read_bytes().startswith(b"\x89PNG")
     board = (tmp_path / "8gaussians__small.md").read_text()
     assert "## Quality against training compute" in board and "(8gaussians__curves.md)" in board
     assert "[8gaussians](8gaussians__curves.md)" in (tmp_path / "index.md").read_text()
@@ -154,6 +153,7 @@ def test_regeneration_is_byte_identical(tmp_path, real_plots):
     write_leaderboards(list(reversed(recs)), tmp_path / "b", _registries())
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert "8gaussians__curves.md" in names and "8gaussians__curves.png" in names
+    assert (tmp_path / "a" / "8gaussians__curves.png").read_bytes().startswith(b"\x89PNG")
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -294,3 +294,31 @@ def test_build_refuses_an_unregistered_curve_metric():
         p["metric"] = "nonesuch"
     with pytest.raises(LeaderboardError, match="curve metric 'nonesuch' of '8gaussians' is not registered"):
         build_curve_pages([rec], _registries())
+
+
+def test_a_compute_point_names_its_budget_only_where_two_budgets_share_its_flops(tmp_path):
+    # 1/2 of 2e12 is 1e12, the end of small: the two columns are told apart by their budget
+    recs = (three_seeds("ddpm", [0.5, 0.4, 0.3, 0.2], sampler="decoder", nfe=1)
+            + three_seeds("vae", [0.6, 0.5, 0.2, 0.1], sampler="decoder", nfe=1)
+            + three_seeds("ddpm", [0.25, 0.2], budget="medium", allowed=2e12, fractions=(0.5, 1.0), sampler="decoder", nfe=1)
+            + three_seeds("vae", [0.05, 0.04], budget="medium", allowed=2e12, fractions=(0.5, 1.0), sampler="decoder", nfe=1))
+    write_leaderboards(recs, tmp_path, _registries())
+    page = page_of(tmp_path)
+    header = cells(table_rows(page, "method | sampler @ NFE")[0])[2:]
+    assert header[3:5] == ["1e12 (medium, 1/2)", "1e12 (small, 1)"]
+    assert ("**vae** overtakes **ddpm** between 2.5e11 and 5e11 FLOPs: the 95% intervals separate at both points."
+            in page)
+    assert "**ddpm** overtakes **vae** between 1e12 (small) and 1e12 (medium) FLOPs" not in page
+    assert "**vae** overtakes **ddpm** between 1e12 (medium) and 1e12 (small) FLOPs" not in page  # vae leads at both
+
+
+def test_same_backbone_gives_one_curve_page_per_family_and_links_each_board_to_its_own(tmp_path):
+    recs = (three_seeds("ddpm", [0.5, 0.4, 0.3, 0.2], backbone="UNet(small, 1.4M)")
+            + three_seeds("vae", [0.6, 0.5, 0.2, 0.1], sampler="decoder", nfe=1, backbone="MLP(small, 0.1M)"))
+    write_leaderboards(recs, tmp_path, _registries(), same_backbone=True)
+    assert (tmp_path / "8gaussians__mlp__curves.md").exists() and (tmp_path / "8gaussians__unet__curves.md").exists()
+    assert "(8gaussians__unet__curves.md)" in (tmp_path / "8gaussians__small__unet.md").read_text()
+    unet = (tmp_path / "8gaussians__unet__curves.md").read_text()
+    assert [cells(r)[0] for r in table_rows(unet, "method | sampler @ NFE")[2:]] == ["ddpm"]
+    write_leaderboards(recs, tmp_path / "only", _registries(), backbone="mlp")
+    assert [cells(r)[0] for r in table_rows(page_of(tmp_path / "only"), "method | sampler @ NFE")[2:]] == ["vae"]
