@@ -105,13 +105,36 @@ def write_record(out_dir: str | Path, spec: RunSpec, record: dict) -> Path:
 
     Nothing is ever lost: a record that is not ``ok`` never replaces an ``ok``
     record of the same spec (it goes to ``attempts/`` instead), and a record
-    that replaces another moves the old one to ``attempts/`` first.
+    that replaces another moves the old one to ``attempts/`` first. If the
+    folder cannot be written after all (a full disk, permissions changed
+    mid-sweep; the CLI checks it is writable before any work), the record is
+    kept in a fallback folder (:func:`fallback_dir`) and stderr says where.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / spec.filename
     # serialised before anything moves: a record that cannot be written displaces nothing
     text = json.dumps(record, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    try:
+        return _write_record_text(Path(out_dir), spec, record, text)
+    except OSError as exc:
+        kept = _write_json(_mkdir(fallback_dir()) / spec.filename, text)
+        sys.stderr.write(f"gmbench: could not write the record of {spec.method} on {spec.dataset} seed {spec.seed} "
+                         f"to {out_dir} ({exc.strerror or exc}); it is kept at {kept}\n")
+        return kept
+
+
+def fallback_dir() -> Path:
+    """Where records that cannot be written to their folder are kept:
+    ``$GMBENCH_CACHE_DIR/unsaved-records`` (default ``~/.cache/gmbench/unsaved-records``)."""
+    return Path(os.environ.get("GMBENCH_CACHE_DIR") or Path.home() / ".cache" / "gmbench") / "unsaved-records"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_record_text(out_dir: Path, spec: RunSpec, record: dict, text: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / spec.filename
     if path.exists():
         try:
             previous_ok = load_record(path).get("status") == "ok"

@@ -252,6 +252,22 @@ def unwritable(monkeypatch, tmp_path):
     return locked
 
 
+def test_a_record_that_cannot_be_written_is_kept_in_the_fallback_folder(unwritable, tmp_path, monkeypatch, capsys):
+    """The folder turned unwritable after the checks (a full disk, a remount): the result is not lost."""
+    from gmbench.records import RunSpec, fallback_dir, load_record, write_record
+
+    monkeypatch.setenv("GMBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    spec = RunSpec("ddpm", "8gaussians", "smoke", 0)
+    record = {"method": "ddpm", "status": "ok", "spec_hash": spec.spec_hash, "metrics": [], "note": "measured"}
+    kept = write_record(unwritable, spec, record)
+    assert kept == fallback_dir() / spec.filename == tmp_path / "cache" / "unsaved-records" / spec.filename
+    assert load_record(kept)["note"] == "measured"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"could not write the record of ddpm on 8gaussians seed 0 to {unwritable}" in err[0]
+    assert err[0].endswith(f"it is kept at {kept}")
+    assert not list(unwritable.iterdir())  # and nothing half-written where it failed
+
+
 @pytest.mark.parametrize("command", [
     ["run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke"],
     ["floor", "--datasets", "8gaussians", "--budget", "smoke"],
