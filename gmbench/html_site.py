@@ -114,6 +114,7 @@ hr + p { color: #555; font-size: .85em; }
 
 _PUA = 0xE000  # backslash-escaped characters are held as private-use characters while converting
 _BACKSLASHED = re.compile(r"\\([\\`*_\[\]|#~!(){}<>.+\-])")
+_URL = r"((?:[^()\s]|\([^()\s]*\))+)"  # a link target, balanced parentheses allowed one deep
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
@@ -169,8 +170,8 @@ def inline(md: str) -> str:
             out.append(f"<code>{html.escape(literal)}</code>")
             continue
         s = html.escape(html.unescape(part))
-        s = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: _link(m, True), s)
-        s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: _link(m, False), s)
+        s = re.sub(r"!\[([^\]]*)\]\(" + _URL + r"\)", lambda m: _link(m, True), s)
+        s = re.sub(r"\[([^\]]+)\]\(" + _URL + r"\)", lambda m: _link(m, False), s)
         s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
         s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", s)
         out.append(s)
