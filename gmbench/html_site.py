@@ -415,11 +415,13 @@ def write_html_site(records: list[dict], out_dir, reg, **options) -> list[Path]:
     first. ``options`` are :func:`gmbench.leaderboard.write_leaderboards`'s keywords (``allow_mixed``,
     ``allow_dirty``, ``allow_mixed_revisions``, ``same_backbone``, ``backbone``); the same records
     refuse or pass exactly as for the markdown boards, which are written beside the pages."""
-    from gmbench.leaderboard import build_boards, dedupe, run_key, write_leaderboards
+    from gmbench.leaderboard import build_boards, dedupe, filter_backbone, run_key, write_leaderboards
 
     out = Path(out_dir)
     written_md = write_leaderboards(records, out, reg, **options)
     records, _ = dedupe(records)
+    if options.get("backbone") is not None:  # the site holds the records its boards show
+        records = filter_backbone(records, options["backbone"])
     accepted = inspect.signature(build_boards).parameters
     boards = {b.slug: b for b in build_boards(records, reg, **{k: v for k, v in options.items() if k in accepted})}
     names = record_filenames(records)

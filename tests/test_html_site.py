@@ -30,7 +30,7 @@ from gmbench.html_site import inline, md_to_html, write_html_site
 from gmbench.leaderboard import write_leaderboards
 from gmbench.plugins import Registries, make_plugin_manager
 from tests.test_curve_board import crossing_records
-from tests.test_leaderboard import LATEST, make_record, standard_records
+from tests.test_leaderboard import LATEST, backbone_records, make_record, standard_records
 
 # crossing_records' near-identical seeds make scipy warn about precision; the numbers are not under test here
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
@@ -128,6 +128,21 @@ def test_curve_pages_are_pages_linked_from_their_boards(tmp_path):
     assert '<img src="8gaussians__curves.png"' in curves and (out / "8gaussians__curves.png").is_file()
     assert 'href="8gaussians__curves.html"' in (out / "8gaussians__small.html").read_text()
     assert 'href="8gaussians__curves.html"' in (out / "index.html").read_text()
+
+
+def test_backbone_options_give_the_same_boards_as_markdown(tmp_path):
+    recs = backbone_records()
+    out = tmp_path / "same"
+    paths = write_html_site(recs, out, registries(), same_backbone=True)
+    boards = sorted(p.stem for p in paths if p.suffix == ".md" and p.name != "index.md")
+    assert boards == sorted(p.stem for p in paths if p.suffix == ".html" and "__" in p.name) and len(boards) == 3
+    for b in boards:  # every run of each board is linked from its rows
+        page = (out / f"{b}.html").read_text()
+        linked = set(re.findall(r'href="(records/[^"]+)"', page.split('id="quality-versus-nfe"')[0]))
+        assert linked and all((out / link).is_file() for link in linked)
+    paths = write_html_site(recs, tmp_path / "unet", registries(), backbone="unet")
+    kept = [json.loads(p.read_text()) for p in paths if p.parent.name == "records"]
+    assert kept and all(r.get("source") == "reference" or "UNet" in r["backbone"] for r in kept)
 
 
 def test_claims_report_is_a_page(tmp_path):
