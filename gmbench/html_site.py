@@ -132,7 +132,7 @@ def _release(text: str, escape: bool) -> str:
 
 def plain_text(md: str) -> str:
     """The text a markdown cell shows (escapes and entities undone), e.g. to match a method label."""
-    return html.unescape(_release(_hold(md).replace("`", ""), escape=False)).replace("**", "").strip()
+    return html.unescape(_release(_hold(md).replace("`", "").replace("**", ""), escape=False)).strip()
 
 
 def _href(url: str) -> str | None:

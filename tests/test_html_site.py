@@ -35,8 +35,8 @@ from tests.test_leaderboard import LATEST, backbone_records, make_record, standa
 # crossing_records' near-identical seeds make scipy warn about precision; the numbers are not under test here
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
 
-EVIL = "<script>alert(1)</script>\"'&"
-EVIL_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&amp;"
+EVIL = "<script>alert(1)</script>\"'&**`|"
+EVIL_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&amp;**`|"
 
 
 class EvilClaims:
