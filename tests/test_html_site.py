@@ -206,6 +206,22 @@ def test_refuses_what_the_markdown_boards_refuse(tmp_path):
         p.name for p in paths}
 
 
+def test_cli_format_html(tmp_path):
+    from click.testing import CliRunner
+
+    from gmbench.cli import main
+
+    if "--format" not in CliRunner().invoke(main, ["leaderboard", "--help"]).output:
+        pytest.skip("`gmbench leaderboard` has no --format option yet (the CLI wiring of write_html_site)")
+    results = tmp_path / "r"
+    results.mkdir()
+    for i, rec in enumerate(standard_records()):
+        (results / f"{i}.json").write_text(json.dumps(rec))
+    res = CliRunner().invoke(main, ["leaderboard", str(results), "--out", str(tmp_path / "lb"), "--format", "html"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "lb" / "index.html").is_file() and (tmp_path / "lb" / "8gaussians__tiny.html").is_file()
+
+
 # -- in a real browser -------------------------------------------------------------------------
 
 # GMBENCH_CHROMIUM names the browser binary; GMBENCH_REQUIRE_BROWSER=1 (CI) turns a missing one into a failure
