@@ -1,0 +1,1 @@
+"""autoregressive method plugins."""

@@ -1,0 +1,309 @@
+"""Tests of the ``mar`` plugin (arXiv 2406.11838): the masking schedules against their closed
+forms, the per-token diffusion loss and sampler against the forward process, the generation
+orders, the call audit over both networks, the contract and learning at a small budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gmbench.budget import SMOKE
+from gmbench.data.base import DataSpec
+from gmbench.data.digits import Digits
+from gmbench.evaluate import NFEMismatch, check_nfe, counted_nfe
+from gmbench.method import MethodError, SamplerInfo
+from gmbench.metrics.distances import sliced_wasserstein
+from gmbench.testing import MethodConformance
+from gmbench.training import train
+from gmbench_methods.autoregressive import mar as mar_module
+from gmbench_methods.autoregressive.diffloss import DiffusionHead, diffusion_loss, sample_tokens
+from gmbench_methods.autoregressive.mar import (CE_SAMPLERS, MAR, generation_order, masked_counts, patchify, tokens_per_step,
+                                                truncnorm_mask_ratio, unpatchify)
+from gmbench_methods.diffusion.schedules import NoiseSchedule
+
+DIGITS = DataSpec(name="digits", modality="image", shape=(1, 8, 8), levels=17, value_range=(-1.0, 1.0))
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------ tokens
+
+
+def test_patchify_is_raster_patches_and_round_trips():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    t = patchify(x, 2)
+    assert t.shape == (2, 16, 12)
+    # token 1 (first row, second patch) of image 0: channel 0's pixels (0,2),(0,3),(1,2),(1,3) first
+    assert t[0, 1, :4].tolist() == [x[0, 0, 0, 2], x[0, 0, 0, 3], x[0, 0, 1, 2], x[0, 0, 1, 3]]
+    assert t[0, 4, :4].tolist() == [x[0, 0, 2, 0], x[0, 0, 2, 1], x[0, 0, 3, 0], x[0, 0, 3, 1]]
+    assert torch.equal(unpatchify(t, (3, 8, 8), 2), x)
+    assert torch.equal(unpatchify(patchify(x, 4), (3, 8, 8), 4), x)
+
+
+# ------------------------------------------------------------------ masking schedules
+
+
+@pytest.mark.parametrize("L", [1, 4, 16, 64, 256])
+def test_generation_counts_sum_to_the_token_count(L):
+    for K in range(1, L + 9):
+        n = tokens_per_step(L, K)
+        m = masked_counts(L, K)
+        assert len(n) == K and sum(n) == L and m[0] == L and m[-1] == 0
+        assert all(a >= b for a, b in zip(m, m[1:]))
+        if K <= L:  # at least one token per step
+            assert min(n) >= 1
+        else:  # K > L: exactly L steps generate (one each), the rest make no call
+            assert sum(1 for v in n if v) == L and max(n) == 1
+
+
+def test_generation_counts_follow_the_cosine_closed_form():
+    # where the clamps are inactive, m_k = floor(L cos(pi k / (2K)))
+    L, K = 256, 8
+    m = masked_counts(L, K)
+    for k in range(1, K):
+        assert m[k] == math.floor(L * math.cos(math.pi * k / (2 * K)))
+    # cosine shape: few tokens early, more later (monotone up to floor rounding)
+    n = tokens_per_step(L, K)
+    assert n[0] < n[-1] and all(b >= a - 1 for a, b in zip(n, n[1:]))
+    assert masked_counts(16, 10) == [16, 15, 14, 13, 12, 11, 9, 7, 4, 2, 0]
+    assert tokens_per_step(16, 1) == [16]
+
+
+def test_truncated_gaussian_mask_ratio_inverts_its_cdf():
+    phi = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
+    lo, hi = phi((0.7 - 1) / 0.25), phi(0.0)
+    u = torch.linspace(0, 1, 41, dtype=torch.float64)
+    r = truncnorm_mask_ratio(u)
+    assert abs(float(r[0]) - 0.7) < 1e-9 and abs(float(r[-1]) - 1.0) < 1e-9
+    for ui, ri in zip(u.tolist(), r.tolist()):
+        cdf = (phi((ri - 1) / 0.25) - lo) / (hi - lo)
+        assert abs(cdf - ui) < 1e-9
+    # mean of N(1, 0.25^2) truncated to [0.7, 1]: 1 - 0.25 (pdf(-1.2) - pdf(0)) / (Phi(0) - Phi(-1.2))
+    pdf = lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    mean = 1 + 0.25 * (pdf(-1.2) - pdf(0.0)) / (hi - lo)
+    draws = truncnorm_mask_ratio(torch.rand(200_000, generator=gen(0), dtype=torch.float64))
+    assert abs(float(draws.mean()) - mean) < 2e-3
+
+
+# ------------------------------------------------------------------ orders
+
+
+def test_random_order_is_a_permutation_and_raster_the_identity():
+    o = generation_order(64, 16, "random", gen(0))
+    assert torch.equal(o.sort(dim=1).values, torch.arange(16).expand(64, 16))
+    assert len({tuple(r) for r in o.tolist()}) > 60  # rows differ
+    assert torch.equal(o, generation_order(64, 16, "random", gen(0)))  # seeded
+    assert torch.equal(generation_order(5, 16, "raster", gen(0)), torch.arange(16).expand(5, 16))
+
+
+def test_raster_sampling_fills_tokens_in_raster_order():
+    method = MAR(DIGITS, model_size="tiny", order="raster", ema_decay=None)
+    seen = []
+    method.net.register_forward_pre_hook(lambda mod, args: seen.append(args[1][0].clone()))
+    method.sample(1, "ddpm-s20", 16, gen(0))
+    assert len(seen) == 16
+    for k, known in enumerate(seen):  # before step k the first k raster tokens are known
+        assert known.tolist() == [i < k for i in range(16)]
+
+
+# ------------------------------------------------------------------ the diffusion loss
+
+
+class _Recorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, xt, t, z):
+        self.calls.append((xt.clone(), t.clone(), z.clone()))
+        return torch.zeros_like(xt)
+
+
+def test_diffusion_loss_uses_the_cosine_forward_process_closed_form():
+    T, s, mul = 1000, 0.008, 3
+    schedule = NoiseSchedule.cosine(T)
+    x, z = torch.randn(5, 4, generator=gen(1)), torch.randn(5, 7, generator=gen(2))
+    head = _Recorder()
+    loss = diffusion_loss(head, schedule, x, z, mul, gen(3))
+    (xt, t, zz), = head.calls
+    g = gen(3)  # the same draws, in the same order
+    t_ref = torch.randint(1, T + 1, (15,), generator=g)
+    eps = torch.randn(15, 4, generator=g)
+    assert torch.equal(t, t_ref) and torch.equal(zz, z.repeat(mul, 1))
+    f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    abar = torch.tensor([f(v) / f(0) for v in t_ref.tolist()])[:, None]
+    assert torch.allclose(xt, abar.sqrt() * x.repeat(mul, 1) + (1 - abar).sqrt() * eps, atol=1e-6)
+    assert torch.allclose(loss, eps.pow(2).mean())  # eps_theta = 0: the loss is E||eps||^2
+
+
+def test_head_starts_at_zero_and_sees_time_and_condition():
+    head = DiffusionHead(4, 8, 32, depth=3)
+    xt, t, z = torch.randn(6, 4), torch.randint(1, 1001, (6,)), torch.randn(6, 8)
+    assert head(xt, t, z).abs().max() == 0  # adaLN-Zero output layer
+    nn.init.normal_(head.out.weight)
+    for block in head.blocks:
+        nn.init.normal_(block.ada[1].weight, std=0.1)
+    nn.init.normal_(head.ada_out[1].weight, std=0.1)
+    a = head(xt, t, z)
+    assert not torch.allclose(a, head(xt, t, z + 1)) and not torch.allclose(a, head(xt, t + 100, z))
+
+
+class _OracleHead(nn.Module):
+    """The exact noise for data concentrated at ``c``: eps = (x_t - sqrt(abar_t) c) / sqrt(1 - abar_t)."""
+
+    def __init__(self, schedule, c):
+        super().__init__()
+        self.schedule, self.c = schedule, c
+
+    def forward(self, xt, t, z):
+        return self.schedule.predict_eps(xt, t, self.c.expand_as(xt))
+
+
+@pytest.mark.parametrize("steps", [1, 7, 100])
+def test_ancestral_token_sampler_recovers_a_point_mass(steps):
+    schedule = NoiseSchedule.cosine(1000)
+    c = torch.tensor([0.3, -0.5, 0.9, 0.0], dtype=torch.float64)  # float64: abar_T is ~1e-9
+    z = torch.zeros(10, 3, dtype=torch.float64)
+    x = sample_tokens(_OracleHead(schedule, c), schedule, z, 4, steps, 1.0, gen(0))
+    assert x.dtype == torch.float64 and torch.allclose(x, c.expand(10, 4), atol=1e-6)
+
+
+def test_temperature_scales_only_the_noise():
+    schedule = NoiseSchedule.cosine(1000)
+    head = _Recorder()  # eps_theta = 0
+    cold = sample_tokens(head, schedule, torch.zeros(4, 2), 4, 5, 0.0, gen(0))
+    warm = sample_tokens(head, schedule, torch.zeros(4, 2), 4, 5, 1.0, gen(0))
+    # tau = 0: after the first step every step is deterministic given x_T
+    g = gen(0)
+    xT = torch.randn(4, 4, generator=g)
+    ref = xT
+    taus = [1, 250, 500, 750, 1000]
+    for t, s in zip(reversed(taus), reversed([0] + taus[:-1])):
+        x0 = schedule.predict_x0(ref, t, torch.zeros_like(ref))
+        ref, _ = schedule.q_posterior(x0, ref, t, s)
+    assert torch.allclose(cold, ref, atol=1e-5) and not torch.allclose(cold, warm)
+
+
+# ------------------------------------------------------------------ NFE: both networks counted
+
+
+def _calls(method, sampler, nfe):
+    counts = {}
+    handles = [m.register_forward_pre_hook(lambda mod, a, k=k: counts.__setitem__(k, counts.get(k, 0) + 1))
+               for k, m in method.modules().items()]
+    try:
+        total = counted_nfe(method, sampler, nfe, gen(0))
+    finally:
+        for h in handles:
+            h.remove()
+    return total, counts
+
+
+def test_call_audit_counts_transformer_and_head():
+    method = MAR(DIGITS, model_size="tiny")
+    total, counts = _calls(method, "ddpm-s20", 10)
+    assert counts == {"ema_net": 10, "ema_head": 10 * 20} and total == 10 * 21
+    check_nfe(method, "ddpm-s20", 10, total)  # declared 1 + S calls per step
+    total, counts = _calls(method, "ddpm", 2)
+    assert counts == {"ema_net": 2, "ema_head": 200} and total == 2 * 101
+    # K > L = 16: steps that generate nothing make no call
+    total, _ = _calls(method, "ddpm-s20", 50)
+    assert total == 16 * 21
+    # a sampler that declared only the transformer's calls fails the host's audit
+    method.samplers = (dataclasses.replace(method.sampler("ddpm-s20"), calls_per_step=1),)
+    with pytest.raises(NFEMismatch):
+        check_nfe(method, "ddpm-s20", 10, _calls(method, "ddpm-s20", 10)[0])
+    ce = MAR(DIGITS, model_size="tiny", loss="ce", ema_decay=None)
+    assert [s.name for s in ce.samplers] == ["categorical"]
+    total, counts = _calls(ce, "categorical", 10)
+    assert counts == {"net": 10, "head": 10} and total == 20
+    check_nfe(ce, "categorical", 10, total)
+
+
+def test_declared_calls_match_sampler_params():
+    for s in MAR.samplers:
+        assert s.calls_per_step == 1 + s.params["diffusion_steps"]
+
+
+# ------------------------------------------------------------------ options and errors
+
+
+def test_unsupported_data_and_bad_options_fail_clearly():
+    with pytest.raises(MethodError, match="image"):
+        MAR(DataSpec(name="8gaussians", modality="toy2d", shape=(2,)))
+    with pytest.raises(MethodError, match="image"):
+        MAR(DataSpec(name="synthlang", modality="text", shape=(64,), vocab_size=27))
+    with pytest.raises(MethodError, match="patch_size"):
+        MAR(DIGITS, patch_size=3)
+    for bad in ({"order": "zigzag"}, {"loss": "mse"}, {"mask_schedule": "linear"}):
+        with pytest.raises(ValueError):
+            MAR(DIGITS, **bad)
+
+
+def test_ce_variant_quantises_to_a_fitted_codebook():
+    ds = Digits()
+    x = ds.split("train").x[:300]
+    method = MAR(ds.spec(), model_size="tiny", loss="ce", codebook_size=32)
+    method.on_stage_start("mar", x, gen(0))
+    book = method.head.codebook
+    assert book.shape == (32, 4) and torch.equal(book, method.ema_head.codebook)
+    tokens = patchify(x, 2).reshape(-1, 4)
+    err = (tokens - book[method.head.quantise(tokens)]).pow(2).sum(1).mean()
+    assert err < 0.5 * (tokens - tokens.mean(0)).pow(2).sum(1).mean()  # k-means beats one centre
+    loss = method.training_step("mar", x[:8], 0)["adam"].detach()
+    assert abs(float(loss) - math.log(32)) < 1.0  # near-uniform logits at initialisation
+
+
+def test_claims_name_the_ablation_variants():
+    claims = []
+    mar_module.gmbench_register_claims(claims.append)
+    labels = {(c.a.method, c.b.method) for c in claims}
+    assert labels == {("mar", "mar[loss=ce]"), ("mar", "mar[order=raster]")}
+    assert {c.metric for c in claims} == {"fid"} and all(c.dataset == "digits" for c in claims)
+
+
+# ------------------------------------------------------------------ learning
+
+
+def test_learns_digits_at_a_fraction_of_the_smoke_budget():
+    # a sixth of smoke's FLOPs at half its batch: ~90 steps, what a full smoke run takes by a third
+    # (at ~50 steps the samples are still far off: sliced W2 0.52)
+    ds = Digits()
+    budget = dataclasses.replace(SMOKE, train_flops={"image": SMOKE.flops_for("image") / 6}, batch_size={"image": 32})
+    test_x = ds.split("test").x
+    torch.manual_seed(0)
+    method = MAR(ds.spec(), model_size=budget.model_size)
+    untrained = sliced_wasserstein(method.sample(256, "ddpm-s20", 10, gen(1)).flatten(1), test_x.flatten(1))
+    noise = sliced_wasserstein(torch.rand(256, 64, generator=gen(2)) * 2 - 1, test_x.flatten(1))
+    (report,) = train(method, ds.split("train").x, budget, "image", gen(0))
+    assert report.steps >= 60
+    swd = sliced_wasserstein(method.sample(256, "ddpm-s20", 10, gen(1)).flatten(1), test_x.flatten(1))
+    # untrained 0.74, uniform noise 0.69; trained ~0.26 (the data's own train/test floor: 0.075)
+    assert swd < 0.5 * min(untrained, noise), (swd, untrained, noise)
+
+
+# ------------------------------------------------------------------ the conformance kit
+
+
+class TestMARConformance(MethodConformance):
+    method = MAR
+    dataset = "digits"
+
+
+class _MARCrossEntropy(MAR):
+    """MAR with ``loss="ce"``: its sampler at class level, where the conformance kit reads it
+    (an instance of MAR with ``loss="ce"`` offers only ``categorical``)."""
+
+    samplers = CE_SAMPLERS
+
+
+class TestMARConformanceCE(MethodConformance):
+    method = _MARCrossEntropy
+    dataset = "digits"
+    hparams = {"loss": "ce", "order": "raster", "codebook_size": 16}
