@@ -336,7 +336,7 @@ def _runs_cell(recs: list[dict], names: dict[tuple, str]) -> tuple[str, str]:
 def _board_hook(board, names: dict[tuple, str]):
     """Adds a *runs* column to a board's ranking table and a *record* column to tables with a
     method and a seed column (the failed runs)."""
-    from gmbench.leaderboard import REFERENCE, method_label, run_key
+    from gmbench.leaderboard import REFERENCE, method_label
 
     def label(rec: dict) -> str:
         if rec.get("source") == REFERENCE:

@@ -240,7 +240,8 @@ class DevTools:
         self.sock = socket.create_connection((u.hostname, u.port), timeout=TIMEOUT)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             self.buf += self._chunk()
@@ -263,8 +264,13 @@ class DevTools:
     def _send(self, opcode: int, data: bytes) -> None:
         mask = os.urandom(4)
         n = len(data)
-        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
-                                         struct.pack("!BH", 0x80 | 126, n) if n < 65536 else struct.pack("!BQ", 0x80 | 127, n))
+        if n < 126:
+            length = bytes([0x80 | n])
+        elif n < 65536:
+            length = struct.pack("!BH", 0x80 | 126, n)
+        else:
+            length = struct.pack("!BQ", 0x80 | 127, n)
+        head = bytes([0x80 | opcode]) + length
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
     def _message(self) -> dict:
@@ -442,7 +448,8 @@ def test_board_layout_in_a_screenshot(browser, built):
         const box = e => { const r = e.getBoundingClientRect(); return [r.x, r.y + scrollY, r.width, r.height]; };
         const t = document.querySelector('table.sortable'), img = document.querySelector('img');
         return {nav: box(document.querySelector('nav')), table: box(t), rows: t.tBodies[0].rows.length,
-                rowsHeight: Array.from(t.tBodies[0].rows).reduce((h, r) => h + box(r)[3], 0), img: box(img), natural: [img.naturalWidth, img.naturalHeight],
+                rowsHeight: Array.from(t.tBodies[0].rows).reduce((h, r) => h + box(r)[3], 0),
+                img: box(img), natural: [img.naturalWidth, img.naturalHeight],
                 complete: img.complete, h1: box(document.querySelector('h1'))}; })()""")
     shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack("!II", shot[16:24]) == (1280, 1600)
