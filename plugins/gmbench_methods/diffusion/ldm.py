@@ -4,7 +4,7 @@ unconditional, at CPU scale.
 
 Two stages inside one training budget, each with a stated share of its FLOPs:
 
-**Stage 1, ``autoencoder``** (share ``ae_share``, default 0.3; Sec. 3.1). An encoder ``E`` and
+**Stage 1, ``autoencoder``** (share ``ae_share``, default 0.5; Sec. 3.1). An encoder ``E`` and
 a decoder ``D`` with spatial downsampling factor ``f`` (digits 8x8 with the default ``f = 2``:
 4x4 latents), trained to reconstruct. Two choices (``autoencoder``):
 
@@ -12,7 +12,13 @@ a decoder ``D`` with spatial downsampling factor ``f`` (digits 8x8 with the defa
   ``q_E(z|x) = N(mu(x), diag sigma^2(x))``, loss per image
   ``sum_pixels |x - D(z)| + kl_weight * KL(q_E(z|x) || N(0, I))`` with ``z ~ q_E(z|x)`` and
   ``KL = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)``; ``kl_weight = 1e-6`` as in the
-  paper's f = 4 / 8 KL models (network and details: :mod:`.kl_autoencoder`);
+  paper's f = 4 / 8 KL models (network and details: :mod:`.kl_autoencoder`). Its base width
+  ``ae_channels`` defaults to half the U-Net preset's (tiny: 16, small: 24): the paper's
+  autoencoders are run once per sample and are far cheaper per image than its U-Nets, and under
+  one budget the first stage's cost per step decides how far it trains. Measured at ``smoke``
+  on digits (seed 0, FID of 256 DDIM samples at NFE 50 against train, ``docs/methods/ldm.md``):
+  width 32 (the U-Net's) at share 0.3 / 23 autoencoder steps gave FID 257 (reconstruction rFID
+  245), width 16 at shares 0.4 / 0.5 / 0.6 gave 55 / 42 / 61, width 8 at 0.5 gave 52;
 * ``"dc-ae"``: DC-AE's residual autoencoder (arXiv 2410.10733, :mod:`gmbench_methods.autoencoders.dc_ae`,
   built from its classes) with its own L1/L2 reconstruction loss; deterministic ``z = E(x)``.
 
@@ -115,7 +121,7 @@ class LatentScale(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(()))  # float32: every device holds it
 
 
 class LDM(Method):
@@ -133,7 +139,11 @@ class LDM(Method):
             (``"kl"`` only; paper: 1e-6).
         rec_loss: ``"l1"`` (default) or ``"l2"`` reconstruction loss.
         ae_share: share of the training FLOPs for the autoencoder stage (the rest trains the
-            latent diffusion model, including the scale estimate's encoding pass).
+            latent diffusion model, including the scale estimate's encoding pass); 0.5 measured
+            best at ``smoke`` on digits among 0.3-0.6 (module doc).
+        ae_channels: base width of the KL autoencoder (``"auto"``: half the U-Net preset's
+            ``channels``, at least 8; level widths ``ae_channels * channel_mult``); DC-AE uses
+            its own preset widths.
         ae_lr: Adam learning rate of the autoencoder.
         lr: Adam learning rate of the latent U-Net (``ddpm``'s image default, 1e-3).
         T, beta_start, beta_end: LDM's sqrt-linear noise schedule (paper: 1000, 0.0015, 0.0195).
