@@ -26,7 +26,10 @@ class InputError(click.ClickException):
                    "so each board holds the network fixed.")
 @click.option("--backbone", "backbone", default=None, metavar="FAMILY",
               help="Only runs whose network is of this backbone family (case-insensitive: unet, mlp, transformer).")
-def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revisions, same_backbone, backbone) -> None:
+@click.option("--format", "fmt", type=click.Choice(["markdown", "html"]), default="markdown", show_default=True,
+              help="html: also a static site beside the markdown (index.html, sortable tables, plots, the claims "
+                   "report, every record one click away) that a browser opens from disk (docs/html_leaderboard.md).")
+def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revisions, same_backbone, backbone, fmt) -> None:
     """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files),
     and one quality-against-training-compute page per dataset whose records carry curves."""
     from gmbench.cli.checks import check_writable_dir
@@ -41,9 +44,11 @@ def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revision
     _, dropped = dedupe(records)
     if dropped:
         click.echo(f"gmbench: {dropped} duplicate record(s) of the same run ignored (the latest is kept)", err=True)
-    paths = write_leaderboards(records, out_dir, Registries(), allow_mixed=allow_mixed, allow_dirty=allow_dirty,
-                               allow_mixed_revisions=allow_mixed_revisions, same_backbone=same_backbone,
-                               backbone=backbone)
+    write = write_leaderboards
+    if fmt == "html":
+        from gmbench.html_site import write_html_site as write
+    paths = write(records, out_dir, Registries(), allow_mixed=allow_mixed, allow_dirty=allow_dirty,
+                  allow_mixed_revisions=allow_mixed_revisions, same_backbone=same_backbone, backbone=backbone)
     curves = sum(1 for p in paths if p.name.endswith("__curves.md"))
     boards = sum(1 for p in paths if p.suffix == ".md") - 1 - curves
     also = f" and {curves} curve page(s)" if curves else ""
