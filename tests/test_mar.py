@@ -21,7 +21,7 @@ from gmbench.testing import MethodConformance
 from gmbench.training import train
 from gmbench_methods.autoregressive import mar as mar_module
 from gmbench_methods.autoregressive.diffloss import DiffusionHead, diffusion_loss, sample_tokens
-from gmbench_methods.autoregressive.mar import (CE_SAMPLERS, MAR, generation_order, masked_counts, patchify, tokens_per_step,
+from gmbench_methods.autoregressive.mar import (CE_SAMPLERS, LATENT_DIFFUSION_SAMPLERS, MAR, generation_order, masked_counts, patchify, tokens_per_step,
                                                 truncnorm_mask_ratio, unpatchify)
 from gmbench_methods.diffusion.schedules import NoiseSchedule
 
@@ -226,6 +226,20 @@ def test_call_audit_counts_transformer_and_head():
     check_nfe(ce, "categorical", 10, total)
 
 
+def test_dc_ae_tokens_count_the_decoder_and_carry_a_unit_scale():
+    method = MAR(DIGITS, model_size="tiny", tokens="dc-ae", patch_size=1, ema_decay=None)
+    assert method.token_shape == (1, 4, 4) and (method.L, method.d) == (16, 1)  # f2: 4x4 latent
+    assert [s.name for s in method.stages()] == ["autoencoder", "mar"]
+    assert "ae" in method.training_step("autoencoder", torch.rand(8, 1, 8, 8) * 2 - 1, 0)
+    z = method.on_stage_start("mar", torch.rand(64, 1, 8, 8, generator=gen(0)) * 2 - 1, gen(1))
+    assert z.shape == (64, 1, 4, 4) and abs(float(z.std()) - 1) < 1e-4  # latents scaled by 1 / sigma_hat
+    total, counts = _calls(method, "ddpm-s20", 10)
+    assert counts == {"net": 10, "head": 200, "ae_decoder": 1} and total == 211
+    check_nfe(method, "ddpm-s20", 10, total)  # declared 2 + S per step: the decoder's call fits
+    with pytest.raises(MethodError, match="latent"):
+        MAR(DIGITS, tokens="dc-ae", patch_size=8)
+
+
 def test_declared_calls_match_sampler_params():
     for s in MAR.samplers:
         assert s.calls_per_step == 1 + s.params["diffusion_steps"]
@@ -301,6 +315,20 @@ class _MARCrossEntropy(MAR):
     (an instance of MAR with ``loss="ce"`` offers only ``categorical``)."""
 
     samplers = CE_SAMPLERS
+
+
+class _MARLatent(MAR):
+    """MAR with ``tokens="dc-ae"``: its samplers (one more declared call per step for the
+    decoder) at class level, where the conformance kit reads them."""
+
+    samplers = LATENT_DIFFUSION_SAMPLERS
+
+
+class TestMARConformanceLatent(MethodConformance):
+    method = _MARLatent
+    dataset = "digits"
+    hparams = {"tokens": "dc-ae", "patch_size": 1}
+    train_steps = 2
 
 
 class TestMARConformanceCE(MethodConformance):

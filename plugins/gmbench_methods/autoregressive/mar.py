@@ -6,7 +6,13 @@ Tokens. An image ``(C, H, W)`` is cut into ``L = (H/p)(W/p)`` non-overlapping ``
 patches (``patch_size`` p, default 2), each a continuous token of ``d = C p^2`` values in the
 data's range, in raster order (digits 8x8x1, p = 2: 16 tokens of 4 values). The paper's
 tokens are a KL-autoencoder's latents; pixel patches are its "tokens need not be discrete"
-point at this scale (a ``dc-ae`` latent as token source is not implemented yet).
+point at this scale. ``tokens="dc-ae"`` instead patchifies the latent of a DC-AE
+(``gmbench_methods.autoencoders.dc_ae``, arXiv 2410.10733; spatial factor ``ae_f``, default
+2: digits -> a 1x4x4 latent, so ``patch_size=1`` gives 16 one-value tokens) trained in a first
+stage (``ae_share`` of the budget, default 0.3, DC-AE's own L1 reconstruction loss); at the
+start of the MAR stage the training images are encoded once and the latents scaled by
+``1 / sigma_hat`` (their standard deviation, as LDM's scale factor, arXiv 2112.10752), and
+samples are decoded by one decoder call per batch.
 
 Masked autoregression (section 3.2-3.3). A generation order ``pi`` (a permutation of the
 ``L`` positions) factorises ``p(x_1..x_L) = prod_k p(X^k | X^1..X^{k-1})``, where ``X^k`` is the
@@ -58,7 +64,9 @@ counts forward calls of every module ``modules()`` returns (transformer and head
 separately), then checks both networks. ``ddpm`` is the paper's 100 steps per token,
 ``ddpm-s20`` a CPU-cheap 20 (the head is a few-thousand-FLOP MLP per token, so both are
 cheap here, unlike the paper's ImageNet setting); ``tau = 1``. With ``loss="ce"`` the one
-sampler is ``categorical`` (``calls_per_step = 2``: transformer and linear head).
+sampler is ``categorical`` (``calls_per_step = 2``: transformer and linear head). With
+``tokens="dc-ae"`` each sampler declares one more call per step for the decoder, which runs
+once per ``sample`` call (an upper bound; the host records the count that ran).
 
 Deviations (CPU scale): a single bidirectional transformer with mask tokens (MaskGIT-
 style) instead of the paper's MAE-style encoder (known tokens and 64 buffer tokens) plus
@@ -73,6 +81,7 @@ Likelihood: ``none`` (the paper reports none).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
@@ -233,6 +242,18 @@ CE_SAMPLERS = (
     SamplerInfo("categorical", adjustable_nfe=True, deterministic=False, default_nfe=8, calls_per_step=2,
                 params={"temperature": 1.0}),
 )
+# tokens="dc-ae": one decoder call per sample on top, declared as one more call per step
+LATENT_DIFFUSION_SAMPLERS = tuple(dataclasses.replace(s, calls_per_step=s.calls_per_step + 1) for s in DIFFUSION_SAMPLERS)
+LATENT_CE_SAMPLERS = tuple(dataclasses.replace(s, calls_per_step=s.calls_per_step + 1) for s in CE_SAMPLERS)
+TOKEN_SOURCES = ("patches", "dc-ae")
+
+
+class LatentScale(nn.Module):
+    """The latent scale ``1 / sigma_hat`` (a buffer, so checkpoints carry it); never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
 
 
 class MAR(Method):
@@ -257,6 +278,11 @@ class MAR(Method):
             batch 2048, clip 3.0). 3e-3 here at batch 64, where small budgets take a few
             hundred steps: digits ``smoke``, sliced W2 0.23 at 1e-3, 0.16 at 3e-3.
         ema_decay: EMA of both networks used for sampling (paper: 0.9999); 0/None: off.
+        tokens: ``"patches"`` (pixel patches) or ``"dc-ae"`` (patches of a DC-AE latent
+            trained in a first stage; then ``patch_size`` must divide the latent's side).
+        ae_f, ae_latent_channels: the DC-AE's spatial factor and latent channels (``dc-ae``'s
+            ``f`` and ``latent_channels``).
+        ae_share: share of the budget for the DC-AE stage (``tokens="dc-ae"``).
     """
 
     name = "mar"
@@ -283,6 +309,10 @@ class MAR(Method):
         lr: float = 3e-3,
         grad_clip: float | None = 3.0,
         ema_decay: float | None = 0.9999,
+        tokens: str = "patches",
+        ae_f: int = 2,
+        ae_latent_channels: int | str = "auto",
+        ae_share: float = 0.3,
     ) -> None:
         super().__init__(data, model_size)  # toy2d / text: MethodError naming the supported modality
         if order not in ORDERS:
@@ -291,9 +321,25 @@ class MAR(Method):
             raise ValueError(f"mar: loss must be one of {LOSSES}, got {loss!r}")
         if mask_schedule not in MASK_SCHEDULES:
             raise ValueError(f"mar: mask_schedule must be one of {MASK_SCHEDULES}, got {mask_schedule!r}")
-        c, h, w = data.shape
+        if tokens not in TOKEN_SOURCES:
+            raise ValueError(f"mar: tokens must be one of {TOKEN_SOURCES}, got {tokens!r}")
+        self.tokens, self.ae, self.latent_scale = tokens, None, None
+        if tokens == "dc-ae":
+            from gmbench_methods.autoencoders.dc_ae import DCAE
+
+            if not 0.0 < float(ae_share) < 1.0:
+                raise ValueError(f"mar: ae_share must be in (0, 1), got {ae_share!r}")
+            self.ae = DCAE(data, model_size, f=ae_f, latent_channels=ae_latent_channels)
+            self.ae_share = float(ae_share)
+            self.latent_scale = LatentScale()
+            self.token_shape = tuple(self.ae.latent_shape)
+            clip_denoised = False  # latents have no fixed range
+        else:
+            self.token_shape = tuple(data.shape)
+        c, h, w = self.token_shape
         if not (isinstance(patch_size, int) and patch_size >= 1 and h % patch_size == 0 and w % patch_size == 0):
-            raise MethodError(f"mar: patch_size must be a positive integer dividing the image size {h}x{w}, got {patch_size!r}")
+            what = "the latent size" if self.ae is not None else "the image size"
+            raise MethodError(f"mar: patch_size must be a positive integer dividing {what} {h}x{w}, got {patch_size!r}")
         if int(diffusion_batch_mul) < 1 or int(head_depth) < 1 or int(codebook_size) < 2:
             raise ValueError("mar: diffusion_batch_mul and head_depth must be >= 1, codebook_size >= 2")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -312,6 +358,8 @@ class MAR(Method):
         else:
             self.head = CEHead(width, self.d, int(codebook_size))
             self.samplers = CE_SAMPLERS
+        if self.ae is not None:
+            self.samplers = LATENT_CE_SAMPLERS if loss == "ce" else LATENT_DIFFUSION_SAMPLERS
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False) if self.ema_decay else None
         self.ema_head = copy.deepcopy(self.head).requires_grad_(False) if self.ema_decay else None
 
@@ -321,40 +369,62 @@ class MAR(Method):
         out = {"net": self.net, "head": self.head}
         if self.ema_net is not None:
             out.update(ema_net=self.ema_net, ema_head=self.ema_head)
+        if self.ae is not None:  # the prior and the scale hold buffers only; no optimizer names them
+            out.update(ae_encoder=self.ae.encoder, ae_decoder=self.ae.decoder, ae_prior=self.ae.prior,
+                       latent_scale=self.latent_scale)
         return out
 
+    def _trained(self) -> list[nn.Module]:
+        return [self.net, self.head] + ([self.ae.encoder, self.ae.decoder] if self.ae is not None else [])
+
     def num_parameters(self) -> int:
-        return sum(p.numel() for m in (self.net, self.head) for p in m.parameters())
+        return sum(p.numel() for m in self._trained() for p in m.parameters())
 
     def backbone(self) -> str:
-        """``"Transformer+MLP(tiny, 0.2M, 2 nets)"``: the shared transformer and the head."""
+        """``"Transformer+MLP(tiny, 0.2M, 2 nets)"``: the shared transformer and the head
+        (``"DC-AE+Transformer+MLP(..., 4 nets)"`` with the autoencoder's encoder and decoder)."""
         head = "MLP" if self.loss == "diffusion" else "Linear"
-        return backbone_label(f"Transformer+{head}", self.model_size, self.num_parameters(), 2)
+        family = f"Transformer+{head}" if self.ae is None else f"DC-AE+Transformer+{head}"
+        return backbone_label(family, self.model_size, self.num_parameters(), len(self._trained()))
 
     def to(self, device: torch.device | str) -> "MAR":
         super().to(device)
         self.schedule.to(self.device)
+        if self.ae is not None:
+            self.ae.device = self.device
         return self
 
     # -- training ---------------------------------------------------------------------------
 
     def stages(self) -> list[Stage]:
         opt = OptimizerSpec("adam", ("net", "head"), lr=self.lr, betas=(0.9, 0.95), grad_clip=self.grad_clip)
-        return [Stage("mar", (opt,))]
+        if self.ae is None:
+            return [Stage("mar", (opt,))]
+        ae = OptimizerSpec("ae", ("ae_encoder", "ae_decoder"), lr=self.ae.lr)
+        return [Stage("autoencoder", (ae,), self.ae_share), Stage("mar", (opt,), 1.0 - self.ae_share)]
 
+    @torch.no_grad()
     def on_stage_start(self, stage: str, train_x: torch.Tensor, generator: torch.Generator):
-        if self.loss == "ce":  # fit the k-means codebook on the training patches
-            x = patchify(train_x.to(self.device).float(), self.p).reshape(-1, self.d)
-            centres = kmeans(x, self.head.codebook.shape[0], KMEANS_ITERS, generator)
+        if stage != "mar":
+            return None
+        x, out = train_x.to(self.device).float(), None
+        if self.ae is not None:  # encode the training set once; scale by 1 / sigma_hat (as LDM)
+            z = torch.cat([self.ae.encode(x[i:i + 512]) for i in range(0, len(x), 512)])
+            self.latent_scale.scale.fill_(1.0 / float(z.std().clamp_min(1e-8)))
+            x = out = z * self.latent_scale.scale
+        if self.loss == "ce":  # fit the k-means codebook on the training tokens
+            centres = kmeans(patchify(x, self.p).reshape(-1, self.d), self.head.codebook.shape[0], KMEANS_ITERS, generator)
             for head in (self.head, self.ema_head):
                 if head is not None:
                     head.codebook.copy_(centres)
-        return None
+        return out
 
     def mask_ratio(self, u: torch.Tensor) -> torch.Tensor:
         return truncnorm_mask_ratio(u) if self.mask_schedule == "truncnorm" else cosine_mask_ratio(u)
 
     def training_step(self, stage: str, batch: torch.Tensor, step: int):
+        if stage == "autoencoder":  # DC-AE's stage 1 (its pixel loss and latent moments)
+            return {"ae": self.ae.training_step(stage, batch, step)["adam"]}
         x = patchify(batch, self.p)  # (N, L, d)
         n = x.shape[0]
         if self.loss == "ce":
@@ -375,7 +445,7 @@ class MAR(Method):
 
     @torch.no_grad()
     def on_step_end(self, stage: str, step: int) -> None:
-        if not self.ema_decay:
+        if not self.ema_decay or stage != "mar":
             return
         decay = min(self.ema_decay, (1 + step) / (10 + step))
         for ema, live in ((self.ema_net, self.net), (self.ema_head, self.head)):
@@ -399,7 +469,9 @@ class MAR(Method):
             tokens = self._generate(int(n), int(nfe), params, net, head, generator)
         finally:
             net.train(was[0]), head.train(was[1])
-        x = unpatchify(tokens, self.data.shape, self.p)
+        x = unpatchify(tokens, self.token_shape, self.p)
+        if self.ae is not None:  # one decoder call for the whole batch
+            x = self.ae.decode(x / self.latent_scale.scale)
         return x.clamp(*self.data.value_range) if self.data.value_range else x
 
     def _generate(self, n, K, params, net, head, generator) -> torch.Tensor:
