@@ -42,9 +42,9 @@ nothing: those steps make no network call (a sample costs at most ``min(K, L)`` 
 Per-token loss (section 3.1-3.2, ``loss="diffusion"``): see :mod:`.diffloss`:
 ``L(z, x) = E_{eps,t} ||eps - eps_theta(sqrt(abar_t) x + sqrt(1 - abar_t) eps | t, z)||^2``,
 cosine ``abar`` over ``T = 1000`` steps, ``diffusion_batch_mul`` draws of ``(t, eps)`` per
-masked token (released code: 4; default 1 here, because at this scale the head costs about
-3x the tiny transformer per draw, where MAR-B's costs ~1/16, so under a FLOP budget the
-repeats buy fewer optimizer steps: measured on digits at ``smoke``, sliced W2 of 256 samples
+masked token (released code: 4; default 1 here, because at this scale four draws through the
+head cost about 3x the tiny transformer's FLOPs per token (0.8x per draw), where MAR-B's cost
+about half its transformer's, so under a FLOP budget the repeats buy fewer optimizer steps: measured on digits at ``smoke``, sliced W2 of 256 samples
 to the test set 0.16 with 4 repeats (121 steps) vs 0.13 with 1 (267 steps)). Sampling a
 token runs ``S`` ancestral DDPM steps of the head with temperature ``tau`` on the noise term.
 
@@ -62,8 +62,7 @@ batched in one head call per diffusion step), so the named samplers carry ``S`` 
 in ``SamplerInfo.params`` and declare ``calls_per_step = 1 + S``: the host's audit, which
 counts forward calls of every module ``modules()`` returns (transformer and head
 separately), then checks both networks. ``ddpm`` is the paper's 100 steps per token,
-``ddpm-s20`` a CPU-cheap 20 (the head is a few-thousand-FLOP MLP per token, so both are
-cheap here, unlike the paper's ImageNet setting); ``tau = 1``. With ``loss="ce"`` the one
+``ddpm-s20`` a CPU-cheaper 20 (a head call is ~0.16 MFLOP per token at ``tiny``); ``tau = 1``. With ``loss="ce"`` the one
 sampler is ``categorical`` (``calls_per_step = 2``: transformer and linear head). With
 ``tokens="dc-ae"`` each sampler declares one more call per step for the decoder, which runs
 once per ``sample`` call (an upper bound; the host records the count that ran).
