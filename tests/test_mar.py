@@ -282,6 +282,30 @@ def test_claims_name_the_ablation_variants():
     assert {c.metric for c in claims} == {"fid"} and all(c.dataset == "digits" for c in claims)
 
 
+def test_any_image_dataset_through_the_imagefolder_path(tmp_path):
+    """RGB images of another size via the datasets path: 16x16x3, 4x4 patches -> 16 tokens of 48."""
+    from PIL import Image
+
+    from gmbench.data.hub import ImageFolderDataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    g = gen(0)
+    for i in range(20):
+        pixels = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    ds = ImageFolderDataset(str(folder), size=16, cache_dir=str(tmp_path / "cache"))
+    spec = ds.spec()
+    assert spec.shape == (3, 16, 16)
+    method = MAR(spec, model_size="tiny", patch_size=4)
+    assert (method.L, method.d) == (16, 48)
+    budget = dataclasses.replace(SMOKE, train_flops={"image": 2e9}, batch_size={"image": 8})
+    (report,) = train(method, ds.split("train").x, budget, "image", gen(1))
+    assert report.steps >= 1
+    x = method.sample(3, "ddpm-s20", 2, gen(2))
+    assert x.shape == (3, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
+
+
 # ------------------------------------------------------------------ learning
 
 
