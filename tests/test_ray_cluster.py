@@ -46,7 +46,7 @@ from tests.plugins.faulty_methods import FAULT_BUDGET, Healthy
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_RAY = importlib.util.find_spec("ray") is not None
-pytestmark = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: pip install 'gmbench[ray]'")
+pytestmark = [pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: pip install 'gmbench[ray]'"), pytest.mark.slow]
 
 #: where WaitsForGo writes "started-<node>-<pid>" and waits for "go" (set on the nodes only)
 MARKERS_ENV = "GMBENCH_TEST_MARKERS"
@@ -267,6 +267,7 @@ def assert_same_numbers(records, in_process) -> None:
     for key, rec in by_spec(records).items():
         assert rec["status"] == "ok", (key, rec["error"])
         assert metric_values(rec) == metric_values(in_process[key]), key
+        assert rec["fingerprint"] == in_process[key]["fingerprint"], key
 
 
 # -- the tests ------------------------------------------------------------------------------
