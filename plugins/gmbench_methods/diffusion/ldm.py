@@ -29,8 +29,8 @@ reconstruction is L1 (default) or L2 (``rec_loss``).
 **Stage 2, ``latent``** (share ``1 - ae_share``; Sec. 3.2, Eq. 2). The autoencoder is frozen.
 At the stage's start (``on_stage_start``) the latents of the training images are encoded
 (``z ~ q_E(z|x)``, at most ``scale_examples`` of them, the generator the host passes) and the
-*scale factor* is set from their component-wise standard deviation (appendix G, "we estimate
-the component-wise variance ... from the first batch of data")::
+*scale factor* is set from their component-wise standard deviation (appendix G, where the
+variance is estimated from the first batch of data)::
 
     mu_hat = 1/(bchw) sum z,   sigma_hat^2 = 1/(bchw) sum (z - mu_hat)^2,   scale = 1 / sigma_hat
 
