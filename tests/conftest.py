@@ -16,6 +16,12 @@ if "GMBENCH_CACHE_DIR" not in os.environ:
     os.environ["GMBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="gmbench-test-cache-")
 
 
+# Under pytest-xdist (`-n N`) each worker is its own process: one torch thread each, so
+# N workers on N cores do not oversubscribe them (CI runs `-n auto`).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 # No test verdict may depend on machine speed: wall-clock caps (safety nets, not the
 # fairness rule) run 50x above their values, far above any plausible run on a loaded
 # machine. Tests of the caps themselves set GMBENCH_CAP_SCALE=1 (see `real_caps`).

@@ -31,6 +31,10 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 HEALTHY = RunSpec("healthy", "8gaussians", "faults", 0)
 
+# under pytest-xdist (`--dist loadgroup`) one worker runs every test that starts a local Ray
+# cluster: two clusters started at once on one machine could find and join each other
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def metric_values(record: dict) -> list[tuple]:
     return sorted((e["name"], str(e["sampler"]), str(e["nfe"]), e["value"]) for e in record["metrics"])
