@@ -157,18 +157,19 @@ class LocalCluster:
             self.add_worker()
         self.cluster.wait_for_nodes(timeout=SAFETY_S)
 
-    def kill(self, label: str) -> None:
+    def kill(self, label: str, machine: bool = True) -> None:
         """Lose a node as when its machine dies: SIGKILL its raylet and every process under it.
 
-        (``remove_node`` alone kills the raylet and its agents; the run's own process,
-        two levels below a Ray worker, would outlive it as an orphan.)
+        ``machine=False``: only Ray's processes die (``remove_node``: the raylet and its
+        agents, as in a raylet crash); the run's own process, below a Ray worker and a
+        forkserver, outlives them as an orphan.
         """
         import psutil
         import ray._private.ray_constants as rc
 
         node = self.nodes.pop(label)
         raylet = psutil.Process(node.all_processes[rc.PROCESS_TYPE_RAYLET][0].process.pid)
-        tree = [raylet, *raylet.children(recursive=True)]
+        tree = [raylet, *raylet.children(recursive=True)] if machine else []
         for proc in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
@@ -365,3 +366,34 @@ def test_lost_node_beyond_retries_is_a_failed_record_and_resume_finishes(cluster
     # only the failed run ran again
     ok_before = next(r for r in first if r["status"] == "ok")
     assert by_spec(final)[(ok_before["method"], ok_before["seed"])] == ok_before
+
+
+def test_lost_raylet_whose_run_lives_on_leaves_that_runs_record(cluster, in_process, tmp_path):
+    """Only Ray's processes of a node die (a raylet crash; the machine lives).
+
+    The run's own process lives on, holding its spec's lock in ``--out``: Ray's retry on
+    the other node finds the spec running and skips it, and the driver writes nothing for
+    it (no "skipped" record). The record is the one the run writes when it finishes.
+    """
+    import psutil
+
+    cluster.ensure_workers(2)
+    cluster.reset_markers()
+    try:
+        driver = gmbench_run(cluster, "--plugins", "waits-for-go", "--seeds", "1x", "--out", str(tmp_path), wait=False)
+        [(label, pid)] = cluster.wait_started(1, driver)
+        cluster.kill(label, machine=False)
+        driver.wait(timeout=SAFETY_S)
+        output = _output(driver)
+        assert driver.returncode == 0, output
+        assert "skipped: another gmbench process is running this spec" in output, output
+        assert psutil.pid_exists(pid), "the run's process did not outlive its raylet"
+        assert list(tmp_path.rglob("*.json")) == []  # nothing written for a run that did not run there
+    finally:
+        cluster.go()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=SAFETY_S)
+    records, problems = load_records([tmp_path])
+    assert problems == [] and len(records) == 1
+    assert_same_numbers(records, in_process)
+    assert not (tmp_path / "attempts").exists()

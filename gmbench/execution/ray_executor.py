@@ -138,7 +138,13 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _ensure_written(out_dir: str, spec: RunSpec, record: dict) -> None:
-    """Write the task's record here unless the worker's copy is already visible."""
+    """Write the task's record here unless the worker's copy is already visible.
+
+    A ``skipped`` record (the spec was running or done in another process, which
+    writes its own record) is never written, as no executor writes one.
+    """
+    if record.get("status") == "skipped":
+        return
     path = Path(out_dir) / spec.filename
     try:
         if path.exists() and load_record(path) == _json_roundtrip(record):
