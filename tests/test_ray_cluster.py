@@ -12,11 +12,13 @@ would; the runs' plugin is *installed* for every node (an entry point on the nod
 * a worker node lost mid-run (its whole process tree killed, as when a machine dies):
   Ray retries the run on the surviving node and the sweep ends ok; with Ray's retries
   exhausted (``max_retries=0``) the run is a failed record, not a crash, and
-  ``gmbench run --resume`` on the surviving cluster finishes the sweep.
+  ``gmbench run --resume`` on the surviving cluster finishes the sweep;
+* only a node's Ray processes lost (a raylet crash) while its run lives on: Ray's retry
+  finds the spec running and skips it, and the record is the one that run writes.
 
 No verdict depends on speed: the lost-node runs block until the test creates a "go"
-file, after it has seen both of them start and has killed one node, so the kill always
-lands mid-run. Timeouts are only safety nets against hangs.
+file, after it has seen them start and has killed a node, so the kill always lands
+mid-run. Timeouts are only safety nets against hangs.
 
 Isolation from other Ray users of this machine: the cluster lives under a private
 ``RAY_TMPDIR`` (Ray writes "the current cluster" there, where a plain ``ray.init()``
