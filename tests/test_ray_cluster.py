@@ -48,7 +48,9 @@ from tests.plugins.faulty_methods import FAULT_BUDGET, Healthy
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_RAY = importlib.util.find_spec("ray") is not None
-pytestmark = [pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: pip install 'gmbench[ray]'"), pytest.mark.slow]
+# xdist_group: one pytest-xdist worker runs every test that starts a local Ray cluster (see test_executors.py)
+pytestmark = [pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed: pip install 'gmbench[ray]'"), pytest.mark.slow,
+              pytest.mark.xdist_group("ray")]
 
 #: where WaitsForGo writes "started-<node>-<pid>" and waits for "go" (set on the nodes only)
 MARKERS_ENV = "GMBENCH_TEST_MARKERS"
