@@ -61,7 +61,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from gmbench.leaderboard import (REFERENCE, UNSTATED, LeaderboardError, backbone_family, fmt_ci, footer, md_escape,
-                                 method_label, metric_directions, one_line, t_interval, _safe)
+                                 backbone_note, method_label, metric_directions, one_line, page_slug,
+                                 t_interval)
 
 #: fingerprint fields the budget sets: they may differ between budgets joined on one curve
 BUDGET_FIELDS = ("budget", "train_flops", "batch_size", "model_size", "eval_samples", "nfe_grid")
@@ -185,13 +186,11 @@ class CurvePage:
 
     @property
     def slug(self) -> str:
-        tail = f"__{_safe(self.backbone.lower())}" if self.backbone else ""
-        return f"{_safe(self.dataset)}{tail}__curves"
+        return page_slug(self.dataset, backbone=self.backbone) + "__curves"
 
     @property
     def title(self) -> str:
-        tail = f" — backbone {self.backbone}" if self.backbone else ""
-        return f"{self.dataset}{tail} — quality against training compute"
+        return f"{self.dataset}{backbone_note(self.backbone)} — quality against training compute"
 
 
 # -- reading curves ------------------------------------------------------------------------

@@ -252,13 +252,11 @@ class Board:
 
     @property
     def slug(self) -> str:
-        tail = f"__{_safe(self.backbone.lower())}" if self.backbone else ""
-        return f"{_safe(self.dataset)}__{_safe(self.budget)}{tail}"
+        return page_slug(self.dataset, self.budget, backbone=self.backbone)
 
     @property
     def title(self) -> str:
-        tail = f" — backbone {self.backbone}" if self.backbone else ""
-        return f"{self.dataset} — budget {self.budget}{tail}"
+        return f"{self.dataset} — budget {self.budget}{backbone_note(self.backbone)}"
 
     @property
     def ranked(self) -> list[dict]:
@@ -267,6 +265,17 @@ class Board:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", str(text)).lstrip(".") or "-"
+
+
+def page_slug(*parts: str, backbone: str = "") -> str:
+    """A page's file name: its parts made path-safe, joined by ``__``, then the backbone family."""
+    names = [_safe(p) for p in parts] + ([_safe(backbone.lower())] if backbone else [])
+    return "__".join(names)
+
+
+def backbone_note(backbone: str) -> str:
+    """The title's tail of a page restricted to one backbone family ("" when it is not)."""
+    return f" — backbone {backbone}" if backbone else ""
 
 
 UNSTATED = "unstated"  # the backbone family of records that name none (written before records had one)

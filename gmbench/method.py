@@ -250,6 +250,22 @@ class Method(ABC):
         """
         raise NotImplementedError(f"method {self.name!r} has no likelihood")
 
+    def checked_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the method's device after checking it is a batch of the data's shape (the
+        first thing a ``log_likelihood`` does); a clear error otherwise."""
+        if tuple(x.shape[1:]) != tuple(self.data.shape):
+            want = ", ".join(map(str, self.data.shape))
+            raise MethodError(f"{self.name}: expected inputs of shape (n, {want}), got {tuple(x.shape)}")
+        return x.to(self.device)
+
+    def checked_sampler(self, name: str, nfe) -> SamplerInfo:
+        """:meth:`sampler` plus the check that ``nfe`` is a positive integer (an adaptive
+        solver chooses its own steps, so its ``nfe`` is not checked)."""
+        info = self.sampler(name)
+        if not info.adaptive and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
+            raise MethodError(f"{self.name}: nfe must be a positive integer, got {nfe!r}")
+        return info
+
     def sampler(self, name: str) -> SamplerInfo:
         for s in self.samplers:
             if s.name == name:

@@ -81,6 +81,7 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.data.base import DataSpec
+from gmbench.ema import ema_update
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
 
 LOSSES = ("nonsaturating", "hinge", "wgan-gp")
@@ -376,9 +377,7 @@ class GAN(Method):
     def on_step_end(self, stage: str, step: int) -> None:
         if self.generator_ema is None:
             return
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            p_ema.lerp_(p, 1.0 - decay)
+        ema_update(self.generator_ema, self.generator, self.ema_decay, step)
         for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
             b_ema.copy_(b)
 

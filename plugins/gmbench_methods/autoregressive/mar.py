@@ -90,6 +90,7 @@ from torch import nn
 from gmbench import hookimpl
 from gmbench.backbones import Transformer, size_config
 from gmbench.data.base import DataSpec
+from gmbench.ema import ema_update
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
 from gmbench_methods.diffusion.schedules import NoiseSchedule
 
@@ -446,10 +447,8 @@ class MAR(Method):
     def on_step_end(self, stage: str, step: int) -> None:
         if not self.ema_decay or stage != "mar":
             return
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
         for ema, live in ((self.ema_net, self.net), (self.ema_head, self.head)):
-            for p_ema, p in zip(ema.parameters(), live.parameters()):
-                p_ema.lerp_(p, 1.0 - decay)
+            ema_update(ema, live, self.ema_decay, step)
 
     # -- sampling ---------------------------------------------------------------------------
 

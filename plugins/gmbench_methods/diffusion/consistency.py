@@ -119,6 +119,7 @@ from torch import nn
 from gmbench import hookimpl
 from gmbench.backbones import MLP, UNet
 from gmbench.data.base import DataSpec
+from gmbench.ema import ema_update
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
 
 MODES = ("ct", "cd")
@@ -469,9 +470,7 @@ class ConsistencyModel(Method):
             for p_t, p in zip(self.target.parameters(), self.net.parameters()):
                 p_t.lerp_(p, 1.0 - mu)
         if self.ema is not None:
-            decay = min(self.ema_decay, (1 + step) / (10 + step))
-            for p_e, p in zip(self.ema.parameters(), self.net.parameters()):
-                p_e.lerp_(p, 1.0 - decay)
+            ema_update(self.ema, self.net, self.ema_decay, step)
 
     def training_state(self) -> dict:
         return {"schedule_steps": dict(self.schedule_steps)}

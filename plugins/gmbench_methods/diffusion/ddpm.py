@@ -86,6 +86,7 @@ from torch import nn
 from gmbench import hookimpl
 from gmbench.backbones import MLP, UNet
 from gmbench.data.base import DataSpec
+from gmbench.ema import ema_update
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
 
 from .schedules import NoiseSchedule, space_timesteps
@@ -250,11 +251,8 @@ class DDPM(Method):
 
     @torch.no_grad()
     def on_step_end(self, stage: str, step: int) -> None:
-        if self.ema is None:
-            return
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
-            p_ema.lerp_(p, 1.0 - decay)
+        if self.ema is not None:
+            ema_update(self.ema, self.net, self.ema_decay, step)
 
     # -- sampling -----------------------------------------------------------------------
 
@@ -354,9 +352,7 @@ class DDPM(Method):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise MethodError(f"ddpm: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        x = self.checked_input(x)
         net, ab, d, b = self.denoiser(), self.schedule.abar, self.data.dims, x.shape[0]
         x64 = x.double().flatten(1)
 

@@ -93,7 +93,7 @@ from torch import nn
 from gmbench import hookimpl
 from gmbench.backbones import MLP, UNet
 from gmbench.data.base import DataSpec
-from gmbench.method import Method, MethodError, SamplerInfo
+from gmbench.method import Method, SamplerInfo
 
 from .ddpm import DDPM, DEFAULT_LR, DEFAULT_VLB_DRAWS, EVAL_ROWS
 from .schedules import NoiseSchedule
@@ -448,9 +448,7 @@ class IDDPM(DDPM):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise MethodError(f"iddpm: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        x = self.checked_input(x)
         net, ab, d, b = self.denoiser(), self.schedule.abar, self.data.dims, x.shape[0]
         log_delta = 0.0
         if self.decoder == "discretized":  # score the bin the (dequantised) point lies in

@@ -68,6 +68,7 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.data.base import DataSpec
+from gmbench.ema import ema_update
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
 
 from ..flow_matching import ode
@@ -214,11 +215,8 @@ class NCSN(Method):
 
     @torch.no_grad()
     def on_step_end(self, stage: str, step: int) -> None:
-        if self.ema is None:
-            return
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
-            p_ema.lerp_(p, 1.0 - decay)
+        if self.ema is not None:
+            ema_update(self.ema, self.net, self.ema_decay, step)
 
     # -- sampling: annealed Langevin dynamics (Algorithm 1) -------------------------------------
 

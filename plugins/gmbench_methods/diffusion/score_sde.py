@@ -102,7 +102,8 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.data.base import DataSpec
-from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
+from gmbench.ema import ema_update
+from gmbench.method import Method, OptimizerSpec, SamplerInfo, Stage
 
 from ..flow_matching import ode
 from .sde import SDE_NAMES, SDE, bcast, make_sde
@@ -262,11 +263,8 @@ class ScoreSDE(Method):
 
     @torch.no_grad()
     def on_step_end(self, stage: str, step: int) -> None:
-        if self.ema is None:
-            return
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
-            p_ema.lerp_(p, 1.0 - decay)
+        if self.ema is not None:
+            ema_update(self.ema, self.net, self.ema_decay, step)
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -299,9 +297,7 @@ class ScoreSDE(Method):
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
-        info = self.sampler(sampler)  # unknown names fail with a suggestion
-        if not info.adaptive and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
-            raise MethodError(f"score-sde: nfe must be a positive integer, got {nfe!r}")
+        self.checked_sampler(sampler, nfe)  # unknown names and bad nfe fail clearly
         net = self.denoiser()
         x = self.sde.prior_std * ode.randn((n, *self.data.shape), generator, self.device)  # x(1) ~ prior
         if sampler in ("ode", "ode-adaptive"):
@@ -337,9 +333,7 @@ class ScoreSDE(Method):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise MethodError(f"score-sde: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        x = self.checked_input(x)
         net, c = self.denoiser(), self.sde.prior_std
 
         # ode_log_likelihood integrates dz/du = v(z, u) from N(0, I) at u = 0 to the data at

@@ -67,7 +67,7 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.data.base import DataSpec
-from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage
+from gmbench.method import Method, OptimizerSpec, SamplerInfo, Stage
 
 from . import ode
 
@@ -204,9 +204,7 @@ class FlowMatching(Method):
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
-        self.sampler(sampler)  # unknown names fail with a suggestion
-        if sampler != "dopri5" and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
-            raise MethodError(f"flow-matching: nfe must be a positive integer, got {nfe!r}")
+        self.checked_sampler(sampler, nfe)  # unknown names and bad nfe fail clearly
         x = ode.randn((n, *self.data.shape), generator, self.device)  # x_0 ~ N(0, I) at t = 0
         if sampler == "dopri5":
             x = ode.integrate_dopri5(self.velocity, x, self.rtol, self.atol, 0.0, self.t_end)
@@ -220,9 +218,7 @@ class FlowMatching(Method):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise MethodError(f"flow-matching: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        x = self.checked_input(x)
         ll = ode.ode_log_likelihood(self.velocity, x, self.likelihood_steps, self.trace, generator, t_end=self.t_end)
         return ll.to(torch.float32)
 

@@ -237,9 +237,7 @@ class RectifiedFlow(Method):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise MethodError(f"rectified-flow: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        x = self.checked_input(x)
         return ode.ode_log_likelihood(self.velocity, x, self.likelihood_steps, self.trace, generator).to(torch.float32)
 
 

@@ -82,16 +82,10 @@ class FlowMethod(Method):
         return None
 
     def training_step(self, stage: str, batch: torch.Tensor, step: int):
-        x = self._dequantised(self._check(batch))
+        x = self._dequantised(self.checked_input(batch))
         return {"adam": -self.log_prob(x).mean() / self.data.dims}
 
     # -- likelihood and sampling ----------------------------------------------------------------
-
-    def _check(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            want = ", ".join(map(str, self.data.shape))
-            raise MethodError(f"{self.name}: expected inputs of shape (N, {want}), got {tuple(x.shape)}")
-        return x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x)`` per example in nats (change of variables; module doc)."""
@@ -101,7 +95,7 @@ class FlowMethod(Method):
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Exact log-density of ``x`` (dequantised pixels in the data range, or toy2d points)."""
-        return self.log_prob(self._check(x))
+        return self.log_prob(self.checked_input(x))
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:

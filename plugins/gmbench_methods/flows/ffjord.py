@@ -379,9 +379,7 @@ class FFJORD(Method):
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
-        self.sampler(sampler)  # unknown names fail with a suggestion
-        if sampler != "dopri5" and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
-            raise MethodError(f"ffjord: nfe must be a positive integer, got {nfe!r}")
+        self.checked_sampler(sampler, nfe)  # unknown names and bad nfe fail clearly
         z = ode.randn((n, *self.data.shape), generator, self.device)  # z(0) ~ N(0, I)
         x = odeint(self.velocity, z, 0.0, 1.0, sampler, nfe if sampler != "dopri5" else 1, self.rtol, self.atol)
         if self.clip_range is not None:
@@ -392,9 +390,7 @@ class FFJORD(Method):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise MethodError(f"ffjord: expected inputs of shape (n, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        x = self.checked_input(x)
         eps = self._hutchinson_noise(x, generator)
         if self.likelihood_solver == "dopri5":
             ll = self.cnf_log_prob(x, "dopri5", 1, self.rtol, self.atol, eps)

@@ -299,10 +299,7 @@ class VAE(Method):
         return torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            want = ", ".join(map(str, self.data.shape))
-            raise MethodError(f"vae: expected inputs of shape (N, {want}), got {tuple(x.shape)}")
-        return x.flatten(1)
+        return self.checked_input(x).flatten(1)
 
     # -- training ----------------------------------------------------------------
 
