@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run every record the published `small` boards and claims report are built from:
+# each toy2d-capable method on 8gaussians and each text method on synthlang, with the
+# variants the registered paper claims compare (the `--set` runs), and the noise floors.
+#
+#   scripts/publish_small.sh OUT [SEEDS] [JOBS]
+#
+# Run it from a clean checkout (records carry the git revision; boards refuse -dirty ones),
+# writing OUT outside the work tree; then publish as leaderboards/README.md says. It is
+# resumable: a second call skips the runs whose ok records are in OUT.
+set -uo pipefail
+OUT=${1:?usage: scripts/publish_small.sh OUT [SEEDS] [JOBS]}
+SEEDS=${2:-3x}
+JOBS=${3:-2}
+run() { gmbench run --budget small --seeds "$SEEDS" --jobs "$JOBS" --threads 1 --resume -q --allow-failures --out "$OUT" "$@"; }
+
+TOY=8gaussians
+TEXT=synthlang
+# the defaults of every method, one invocation per dataset
+run --plugins consistency,ddpm,ffjord,flow-matching,gan,glow,iddpm,ncsn,realnvp,rectified-flow,score-sde,vae --datasets $TOY
+run --plugins ar,bd3lm,d3pm,mdlm,sedd --datasets $TEXT
+# the claims' ablations (PaperClaim cells such as flow-matching[path=vp])
+run --plugins consistency --datasets $TOY --set consistency.mode=cd
+run --plugins flow-matching --datasets $TOY --set flow-matching.path=vp
+run --plugins glow --datasets $TOY --set glow.coupling=additive
+run --plugins realnvp --datasets $TOY --set realnvp.coupling=additive
+run --plugins rectified-flow --datasets $TOY --set rectified-flow.reflow=false
+run --plugins vae --datasets $TOY --set vae.iw_samples=64
+run --plugins bd3lm --datasets $TEXT --set bd3lm.block_size=16
+run --plugins d3pm --datasets $TEXT --set d3pm.bound_steps=20
+run --plugins d3pm --datasets $TEXT --set d3pm.transition=uniform
+run --plugins sedd --datasets $TEXT --set sedd.graph=uniform
+gmbench floor --datasets $TOY,$TEXT --budget small --seeds "$SEEDS" --out "$OUT"
