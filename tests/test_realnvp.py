@@ -87,7 +87,7 @@ def test_bad_image_arguments_and_inputs():
     with pytest.raises(MethodError, match="logit_alpha"):
         RealNVP(DIGITS, model_size="tiny", logit_alpha=0.5)
     model = RealNVP(TOY, model_size="tiny")
-    with pytest.raises(MethodError, match=r"expected inputs of shape \(N, 2\)"):
+    with pytest.raises(MethodError, match=r"expected inputs of shape \(n, 2\)"):
         model.log_likelihood(torch.zeros(4, 3), gen())
     with pytest.raises(MethodError, match="did you mean|Did you mean"):
         model.sample(4, "sampel", 1, gen())

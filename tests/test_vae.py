@@ -274,7 +274,7 @@ def test_bad_arguments_raise_one_line(kwargs, match):
 
 def test_bad_inputs_raise_one_line():
     model = VAE(TOY, model_size="tiny")
-    with pytest.raises(MethodError, match=r"expected inputs of shape \(N, 2\)"):
+    with pytest.raises(MethodError, match=r"expected inputs of shape \(n, 2\)"):
         model.log_likelihood(torch.zeros(4, 3), gen())
     with pytest.raises(MethodError, match="did you mean|Did you mean"):
         model.sample(4, "prior_", 1, gen())
