@@ -190,7 +190,7 @@ def _values(recs: list[dict], cell: Cell, metric: str) -> dict[int, float]:
         for e in r.get("metrics") or []:
             v = e.get("value")
             if (e.get("name") == metric and e.get("sampler") == cell.sampler and e.get("nfe") == cell.nfe
-                    and e.get("split", "test") == "test" and v is not None and math.isfinite(v)):
+                    and e.get("split") in (None, "test") and v is not None and math.isfinite(v)):
                 out[int(r["seed"])] = float(v)
     return out
 

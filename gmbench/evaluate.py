@@ -305,7 +305,7 @@ def _run_metric(metric: Metric, ctx: EvalContext, sampler, nfe, samples=None, me
         entry = {**base, "name": name, "value": value, "seconds": seconds}
         if value is not None and not math.isfinite(value):  # JSON records hold no NaN/inf
             entry.update(value=None, error=f"{metric.name} returned {value} for {name}")
-        if metric.kind == "model" and method is not None:
+        if metric.likelihood_values and method is not None:
             entry["label"] = method.likelihood
             if i == 0 and stderr is not None and math.isfinite(stderr):
                 entry["stderr"] = stderr  # the unified likelihood (first output) carries its standard error

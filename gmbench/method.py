@@ -144,6 +144,13 @@ class Method(ABC):
     likelihood: ClassVar[str] = "none"
     #: set by the host before training: each stage's FLOP allowance and the evaluation settings
     budget_view = None
+    #: method-specific metrics (``gmbench.metrics.base.Metric`` instances, usually of kind
+    #: ``model``) the host scores after the shared ones on data of their modalities, e.g. an
+    #: autoencoder's reconstruction quality or rectified flow's straightness. Register them
+    #: too (``gmbench_register_metrics``) so that boards and claims know their directions;
+    #: their ``applies_to`` should be False so that they stay out of every other run. They are
+    #: not part of the protocol fingerprint: the record lists them under ``method_metrics``.
+    extra_metrics: ClassVar[tuple] = ()
 
     def __init__(self, data: DataSpec, model_size: str = "small"):
         if data.modality not in self.modalities:

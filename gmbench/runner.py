@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import torch
 
 from gmbench.data import make_dataset
-from gmbench.evaluate import eval_context, evaluate, one_line, protocol_fields
+from gmbench.evaluate import eval_context, evaluate, metric_fingerprint_fields, one_line, protocol_fields
 from gmbench.execution.precision import autocast, autocast_sampling
 from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
 from gmbench.method import LIKELIHOOD_KINDS, MethodError, validate_method_class
@@ -212,6 +212,9 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     ctx = eval_context(dataset, budget, spec.seed, device, cache_dir, extractors=reg.feature_extractors,
                        options=dict(spec.eval_options))
     fields = protocol_fields(dataset, budget, metrics, ctx)
+    own = [m for m in cls.extra_metrics if modality in m.modalities]
+    if own:  # scored after the shared metrics, outside the fingerprint (Method.extra_metrics)
+        record["method_metrics"] = metric_fingerprint_fields(own, ctx)
     if spec.precision != "fp32":  # fp32 fingerprints stay those of records written before precision existed
         fields["precision"] = spec.precision
     record["fingerprint_fields"] = fields
@@ -273,7 +276,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     autocast_sampling(method, spec.precision)
     t0 = time.perf_counter()
     profile = {"train_s": train_seconds, "curve_s": curve_s[0]}
-    entries, sampling = evaluate(method, dataset, budget, metrics, spec.seed, ctx=ctx, profile=profile)
+    entries, sampling = evaluate(method, dataset, budget, metrics + own, spec.seed, ctx=ctx, profile=profile)
     eval_seconds = time.perf_counter() - t0
     record["metrics"] = entries
     record["cost"] = {

@@ -24,7 +24,7 @@ def record(method, seed, values, dataset="digits", modality="image", hparams=Non
         name, sampler, nfe, *split = key
         e = {"name": name, "sampler": sampler, "nfe": nfe, "value": v, "metric": "m", "version": "1"}
         if split:
-            e["split"] = split[0]
+            e["split"] = split[0]  # None: a model metric, as the host writes it
         metrics.append(e)
     return {"method": method, "dataset": dataset, "modality": modality, "budget": budget, "seed": seed,
             "status": status, "hparams": hparams or {}, "precision": "fp32", "source": "trained",
@@ -93,6 +93,19 @@ def test_only_test_split_values_of_ok_runs_count():
     recs.append(record("ddpm", 4, {("fid", "ddim", 10, "test"): 10.5, ("fid", "ancestral", 10, "test"): 22.0}))
     [res] = check_claims([better()], recs, DIRECTIONS)
     assert res.verdict == "holds" and res.seeds == [0, 1, 2, 4] and 99.0 not in res.values_a
+
+
+def test_model_metrics_recorded_with_split_none_count():
+    # the host writes a model metric (a likelihood, a method-specific metric) with "split": None
+    recs = [record("flow", s, {("test_nll", None, None, None): a}, dataset="8gaussians", modality="toy2d")
+            for s, a in enumerate([3.0, 3.1, 3.05])]
+    recs += [record("flow", s, {("test_nll", None, None, None): b}, dataset="8gaussians",
+                    modality="toy2d", hparams={"coupling": "additive"}) for s, b in enumerate([3.5, 3.7, 3.6])]
+    claim = PaperClaim(name="affine-wins", statement="affine beats additive", relation="better", metric="test_nll",
+                       dataset="modality:toy2d", a=Cell("flow"), b=Cell("flow[coupling=additive]"), paper="1807.03039",
+                       table="Glow Fig. 3")
+    [res] = check_claims([claim], recs, {"test_nll": "lower"})
+    assert res.verdict == "holds" and res.seeds == [0, 1, 2]
 
 
 def test_improves_and_gap_closes():

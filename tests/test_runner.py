@@ -140,3 +140,32 @@ def test_observer_hooks_see_start_and_finish(tmp_path):
     pm = make_plugin_manager((FakePlugin(GaussianFit), TinyBudgetPlugin(), logger), load_entrypoints=False)
     run_one(RunSpec("gaussfit", "8gaussians", "tiny-test"), Registries(pm), tmp_path)
     assert logger.events == [("start", "gaussfit"), ("finish", "ok")]
+
+
+def test_a_methods_own_metrics_are_scored_outside_the_fingerprint(fake_registries, tmp_path):
+    from gmbench.metrics.base import Metric, MetricOutput
+    from tests.plugins.fake_methods import GaussianFit
+
+    class MeanNorm(Metric):  # a method-specific model metric (Method.extra_metrics)
+        name, kind, modalities = "mean_norm", "model", ("toy2d",)
+        outputs = (MetricOutput("mean_norm", "lower", "norm of the fitted mean"),)
+
+        def applies_to(self, dataset):
+            return False
+
+        def score_model(self, method, ctx):
+            return {"mean_norm": float(method.net["mu"].norm())}
+
+    class GaussFitWithOwnMetric(GaussianFit):
+        name = "gaussfit-own"
+        extra_metrics = (MeanNorm(),)
+
+    plain = run_one(RunSpec("gaussfit", "8gaussians", "tiny-test", 0), fake_registries(), tmp_path / "plain")
+    own = run_one(RunSpec("gaussfit-own", "8gaussians", "tiny-test", 0), fake_registries(GaussFitWithOwnMetric),
+                  tmp_path / "own")
+    assert own["status"] == "ok", own["error"]
+    [entry] = [e for e in own["metrics"] if e["name"] == "mean_norm"]
+    assert entry["value"] is not None and entry["sampler"] is None and "label" not in entry  # not a likelihood
+    assert own["method_metrics"] == {"mean_norm": {"version": "1"}}
+    assert own["fingerprint"] == plain["fingerprint"]  # comparable with every other run on the data
+    assert "mean_norm" not in {e["name"] for e in plain["metrics"]} and "method_metrics" not in plain

@@ -174,8 +174,14 @@ def test_bad_policy_setting_is_one_line(monkeypatch, tmp_path):
 @pytest.fixture
 def keep_torch_threads():
     n = torch.get_num_threads()
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     yield
     torch.set_num_threads(n)
+    for k, v in env.items():  # apply_threads exports them for child processes: put them back
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def threads_of(record: dict) -> int:
@@ -186,7 +192,8 @@ def threads_of(record: dict) -> int:
     return prov["cpu_threads"]
 
 
-def test_in_process_and_worker_runs_use_their_share(tmp_path, keep_torch_threads):
+def test_in_process_and_worker_runs_use_their_share(tmp_path, keep_torch_threads, monkeypatch):
+    monkeypatch.setenv("GMBENCH_THREADS_POLICY", "on")  # conftest switches it off under xdist
     from gmbench.records import RunSpec
     from tests.test_faults import options, registries
 

@@ -135,6 +135,9 @@ class Metric(ABC):
     modalities: ClassVar[tuple[str, ...]]
     outputs: ClassVar[tuple[MetricOutput, ...]]
     kind: ClassVar[str] = "samples"
+    #: a model metric whose outputs are the method's likelihood (or its bound or estimate): the
+    #: host labels its entries with the method's ``likelihood`` (exact / bound / estimate)
+    likelihood_values: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def applies_to(self, dataset: "Dataset") -> bool:

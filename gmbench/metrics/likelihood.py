@@ -45,6 +45,7 @@ class HeldOutLikelihood(Metric):
     name = "likelihood"
     version = "2"
     kind = "model"
+    likelihood_values = True
     modalities = ("toy2d", "image", "text")
     description = "test-split negative log-likelihood (exact or a bound, as the method labels it)"
     outputs = (

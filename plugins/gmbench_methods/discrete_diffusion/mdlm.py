@@ -277,6 +277,7 @@ class DiscreteTimeBound(Metric):
     name = "likelihood_steps"
     version = "1"
     kind = "model"
+    likelihood_values = True  # bounds, labelled as the method's likelihood
     modalities = ("text",)
     description = "text: the diffusion NELBO with T = 10, 100, 1000 steps and continuous time, bits/char"
     steps = (10, 100, 1000)
