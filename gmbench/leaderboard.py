@@ -230,6 +230,15 @@ def metric_directions(reg) -> dict[str, str]:
 #: hard-coded so that boards do not import a metric module.
 COPY_FLAG = 0.5
 COPY_METRIC = "copy_share"
+
+#: sample-quality guards a board shows beside its ranking, per modality: the failures a ranking
+#: metric can hide (far-off toy samples, dropped modes; text the source cannot produce, collapsed
+#: or looping text; image modes dropped: recall). Shown where the records hold them.
+SAMPLE_GUARDS = {
+    "toy2d": ("off_support", "mode_coverage", "sample_nll"),
+    "image": ("precision", "recall"),
+    "text": ("sample_nll_bits", "impossible_share", "gen_ppl", "unigram_entropy_bits", "repeat_4gram_rate"),
+}
 REFERENCE = "reference"  # the ``source`` of noise-floor records (gmbench.floor)
 
 
@@ -249,6 +258,10 @@ class Board:
     floors: list[dict] = field(default_factory=list)  # noise-floor rows (unranked)
     backbone: str = ""  # the backbone family the board is restricted to; "" = every network
     curves: str = ""  # slug of the dataset's curve page (gmbench.curve_board); "" = its records have no curves
+    #: test mean/ci/n of the modality's SAMPLE_GUARDS per method, sampler, nfe (column ``name``),
+    #: with the sampling ``precision`` the runs recorded
+    samples: pd.DataFrame | None = None
+    guard_directions: dict = field(default_factory=dict)  # "lower"/"higher" per guard shown
 
     @property
     def slug(self) -> str:
@@ -364,10 +377,13 @@ def build_boards(records: list[dict], reg, allow_mixed: bool = False, allow_dirt
         methods = [r for r in recs if r.get("source") != REFERENCE]
         v = values_frame(methods)  # this board's runs only: a label can have runs on two boards
         v = v[v.split == "test"]
+        guards = SAMPLE_GUARDS.get(str(recs[0].get("modality")), ())
         boards.append(Board(
             dataset, budget, metric, direction,
             ranking=_rank(methods, metric, direction),
             by_nfe=_by_setting(v[v.name == metric]),
+            samples=_guard_values(v[v.name.isin(guards) & (v.name != metric)], methods),
+            guard_directions={g: directions[g] for g in guards if g in directions},
             failed=[r for r in recs if r["status"] not in ("ok", "incomplete")],
             records=recs,
             fingerprints=fps,
@@ -436,6 +452,27 @@ def _by_setting(v: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": method, "sampler": None if pd.isna(sampler) else sampler,
                      "nfe": None if pd.isna(nfe) else int(nfe), "mean": mean, "ci": ci, "n": n,
                      "samples_per_s": float(sps.mean()) if len(sps) else math.nan})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _guard_values(v: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """Mean, 95% CI and n per (method, sampler, nfe, metric name) of test-split guard values,
+    with the sampling precision(s) the runs recorded for that setting."""
+    cols = ["method", "sampler", "nfe", "name", "mean", "ci", "n", "precision"]
+    if v.empty:
+        return pd.DataFrame(columns=cols)
+    precision: dict[tuple, set] = {}
+    for r in records:
+        for e in r.get("metrics") or []:
+            if e.get("sampler") is not None and e.get("sampling_precision"):
+                key = (method_label(r), e["sampler"], e.get("nfe"))
+                precision.setdefault(key, set()).add(str(e["sampling_precision"]))
+    rows = []
+    for (method, sampler, nfe, name), g in v.groupby(["method", "sampler", "nfe", "name"], sort=True):
+        mean, ci, n = t_interval(g["value"])
+        nfe = int(nfe)
+        rows.append({"method": method, "sampler": sampler, "nfe": nfe, "name": name, "mean": mean, "ci": ci, "n": n,
+                     "precision": ", ".join(sorted(precision.get((method, sampler, nfe), ())))})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -750,6 +787,8 @@ def render_board(board: Board, generator_version: str) -> str:
     lines += [tabulate([[row[h] for h in headers] for row in table],
                        headers=[m if h == "metric" else h for h in headers], tablefmt="github", disable_numparse=True), ""]
 
+    if board.samples is not None and not board.samples.empty:
+        lines += ["## Sample quality", "", _guards_caption(board), "", _guard_table(board), ""]
     lines += ["## Quality versus NFE", "",
               f"{m} on the test split (mean ± 95% interval over seeds of complete runs) per method and sampler.", ""]
     lines += [_nfe_table(board.by_nfe), ""]
@@ -766,6 +805,44 @@ def render_board(board: Board, generator_version: str) -> str:
                            tablefmt="github", disable_numparse=True), ""]
     lines += [footer(board.records, generator_version)]
     return "\n".join(lines) + "\n"
+
+
+def _guard_rows(board: Board) -> list[tuple[str, str, int]]:
+    """(method, sampler, nfe) rows of the sample-quality table, in ranking order: a method's
+    chosen setting, or every setting it sampled when its ranking needs none (a model metric)."""
+    settings = board.samples[["method", "sampler", "nfe"]].drop_duplicates()
+    rows = []
+    for r in board.ranking:
+        mine = settings[settings.method == r["method"]]
+        if r.get("sampler") is not None:
+            mine = mine[(mine.sampler == r["sampler"]) & (mine.nfe == r["nfe"])]
+        rows += [(r["method"], s, int(n)) for s, n in sorted(zip(mine.sampler, mine.nfe), key=lambda k: (str(k[0]), k[1]))]
+    return rows
+
+
+def _guards_caption(board: Board) -> str:
+    return ("What the ranking metric can hide, from the same samples (test split, mean ± 95% interval over seeds): "
+            "each method at its chosen sampler and NFE, or at every setting when it is ranked by a model metric. "
+            "*sampling precision* is the float precision the samples were drawn in. "
+            "Directions: "
+            + "; ".join(f"{md_escape(n)} ({board.guard_directions.get(n, '?')} is better)" for n in _guard_names(board))
+            + ".")
+
+
+def _guard_names(board: Board) -> list[str]:
+    present = set(board.samples.name)
+    return [n for g in SAMPLE_GUARDS.values() for n in g if n in present]
+
+
+def _guard_table(board: Board) -> str:
+    names = _guard_names(board)
+    cells = {(r["method"], r["sampler"], r["nfe"], r["name"]): fmt_ci(r["mean"], r["ci"], r["n"])
+             for r in board.samples.to_dict("records")}
+    prec = {(r["method"], r["sampler"], r["nfe"]): r["precision"] for r in board.samples.to_dict("records")}
+    rows = [[md_escape(m), f"{md_escape(s)} @ {n}", md_escape(prec.get((m, s, n)) or "—")]
+            + [cells.get((m, s, n, name), "") for name in names] for m, s, n in _guard_rows(board)]
+    return tabulate(rows, headers=["method", "sampler @ NFE", "sampling precision"] + [md_escape(n) for n in names],
+                    tablefmt="github", disable_numparse=True)
 
 
 def _nfe_table(by_nfe: pd.DataFrame) -> str:

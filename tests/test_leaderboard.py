@@ -590,3 +590,42 @@ def test_unknown_backbone_is_one_clear_line(tmp_path, family, message):
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
     assert message in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "lb").exists()
+
+
+def guard_rows(page: str) -> list[dict]:
+    table = table_rows(page, "method | sampler @ NFE | sampling precision")
+    headers = cells(table[0])
+    return [dict(zip(headers, cells(r))) for r in table[2:]]
+
+
+def test_toy_board_shows_far_off_samples_and_mode_coverage_at_the_chosen_setting(tmp_path):
+    recs = [make_record("ddim", s, {("swd", "ddim", 10): 0.2 + 0.01 * s, ("swd", "ddim", 50): 0.5,
+                                    ("off_support", "ddim", 10): 0.004 * (s + 1), ("off_support", "ddim", 50): 0.9,
+                                    ("mode_coverage", "ddim", 10): 1.0, ("mode_coverage", "ddim", 50): 0.5},
+                        modality="toy2d", entry_extra={("off_support", "ddim", 10): {"sampling_precision": "float32"}})
+            for s in (0, 1)]
+    page, _ = board_rows(tmp_path, recs)
+    assert "## Sample quality" in page and "off\\_support (lower is better)" in page
+    [row] = guard_rows(page)  # only the setting the ranking chose (ddim @ 10), not ddim @ 50
+    assert (row["method"], row["sampler @ NFE"], row["sampling precision"]) == ("ddim", "ddim @ 10", "float32")
+    assert row["off\\_support"].startswith("0.006 ± ") and row["mode\\_coverage"].startswith("1 ± 0")
+
+
+def test_text_board_ranked_by_a_model_metric_shows_every_sampled_setting(tmp_path):
+    recs = [make_record("mdlm", s, {("impossible_share", "ancestral", 10): 1.0, ("impossible_share", "ancestral", 100): 0.5,
+                                    ("gen_ppl", "ancestral", 10): 9.0, ("gen_ppl", "ancestral", 100): 4.0},
+                        dataset="synthlang", modality="text", likelihood=("test_bpc", 2.0 + s * 0.1, "bound"),
+                        entry_extra={("impossible_share", "ancestral", n): {"sampling_precision": "float64"} for n in (10, 100)})
+            for s in (0, 1)]
+    write_leaderboards(recs, tmp_path, _registries())
+    page = (tmp_path / "synthlang__tiny.md").read_text()
+    rows = guard_rows(page)
+    assert [(r["sampler @ NFE"], r["sampling precision"]) for r in rows] == [("ancestral @ 10", "float64"),
+                                                                           ("ancestral @ 100", "float64")]
+    assert [r["impossible\\_share"].split(" ")[0] for r in rows] == ["1", "0.5"]
+    assert [r["gen\\_ppl"].split(" ")[0] for r in rows] == ["9", "4"]
+
+
+def test_boards_without_guard_values_have_no_sample_quality_section(tmp_path):
+    page, _ = board_rows(tmp_path, standard_records())
+    assert "## Sample quality" not in page
