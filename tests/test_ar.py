@@ -75,7 +75,7 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_position(size):
         stepped = torch.cat([method.net(inputs[:, i : i + 1], cache) for i in range(24)], dim=1)
     assert cache.length == 24
     torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="the cache is full"):
+    with pytest.raises(ValueError, match="after 24 cached positions exceeds seq_len=24"):
         method.net(inputs[:, :1], cache)
 
 

@@ -34,12 +34,10 @@ lowers the effective temperature and flatters generative perplexity (Zheng et al
 2024, arXiv 2409.02908). Draws are by inverse CDF from one float64 uniform per token
 (the helper mdlm uses), so the random stream does not depend on the model.
 
-KV cache (``cache=True``, the default): the shared backbone has no incremental path,
-and its owner's module is not this plugin's to change, so :class:`CausalLM` wraps the
-backbone and decodes one position by calling the backbone's own submodules (token
-embedding, each block's LayerNorms, fused QKV projection, rotary tables, output
-projection and feed-forward, final LayerNorm and head) with the keys and values of
-the earlier positions kept in preallocated buffers. Each step costs one position's
+KV cache (``cache=True``, the default): :class:`CausalLM` decodes one position at a time
+through the shared backbone's incremental path (``Transformer.forward(x, cache=KVCache(),
+store=1)``): the new position's keys and values (after the rotary rotation) are appended
+to the cache, and its query attends to every cached position. Each step costs one position's
 work instead of a forward over the whole prefix. The wrapper is the module that
 :meth:`AR.modules` returns, so the host's forward hooks count exactly one call per
 generated token, with or without the cache. ``cache=False`` recomputes the prefix
@@ -65,37 +63,13 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.backbones import Transformer, count_parameters
-from gmbench.backbones.transformer import apply_rotary
+from gmbench.backbones.transformer import KVCache
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
 
 from .masking import inference, sample_categorical
 
 #: synthlang's default window: the class-level NFE shown before a dataset is known
 DEFAULT_LENGTH = 64
-
-
-class KVCache:
-    """Keys and values of the positions decoded so far, per block: ``(N, heads, L, head_dim)`` buffers,
-    allocated at the first position in the dtype the keys come in (float32, or bf16 under the host's
-    autocast: the attention then reads the cache in the queries' dtype)."""
-
-    def __init__(self, net: Transformer) -> None:
-        self.seq_len, self.depth = net.seq_len, len(net.blocks)
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.length = 0
-
-    def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``, ``v`` (``(N, heads, 1, head_dim)``) at position ``length``; return every
-        key and value so far, positions ``0..length``."""
-        if not self.keys:
-            shape = (*k.shape[:2], self.seq_len, k.shape[3])
-            self.keys = [k.new_empty(shape) for _ in range(self.depth)]
-            self.values = [v.new_empty(shape) for _ in range(self.depth)]
-        p = self.length
-        self.keys[block][:, :, p : p + 1] = k
-        self.values[block][:, :, p : p + 1] = v
-        return self.keys[block][:, :, : p + 1], self.values[block][:, :, : p + 1]
 
 
 class CausalLM(nn.Module):
@@ -113,43 +87,16 @@ class CausalLM(nn.Module):
         self.backbone = Transformer(vocab_size + 1, seq_len, out_dim=vocab_size, size=size, causal=True)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.backbone)
+        return KVCache()
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if cache is None:
             return self.backbone(x)
-        return self._decode(x, cache)
-
-    def _decode(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        # Mirrors Transformer.forward / Block.forward / SelfAttention.forward for one
-        # query position (an unconditioned backbone: no adaLN). Written against the
-        # backbone's submodules because the backbone has no incremental path; the
-        # tests compare its logits with the full forward's at every position.
-        net, p = self.backbone, cache.length
         if x.ndim != 2 or x.shape[1] != 1:
             raise ValueError(f"cached decoding takes one position, ids of shape (N, 1), got {tuple(x.shape)}")
-        if p >= net.seq_len:
-            raise ValueError(f"the cache is full: {net.seq_len} positions decoded")
-        h = net.tok(x)
-        rope = None
-        if net.pos is not None:
-            h = h + net.pos[p : p + 1]
-        else:
-            rope = (net.rope_cos[p : p + 1], net.rope_sin[p : p + 1])
-        h = net.drop(h)
-        n, width = h.shape[0], h.shape[2]
-        for i, block in enumerate(net.blocks):
-            attn = block.attn
-            q, k, v = attn.qkv(block.norm1(h)).view(n, 1, 3, attn.heads, width // attn.heads).permute(2, 0, 3, 1, 4)
-            if rope is not None:
-                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            keys, values = cache.append(i, k, v)
-            # the query at p may attend to every cached position 0..p: no mask needed
-            out = F.scaled_dot_product_attention(q, keys, values)
-            h = h + attn.drop(attn.proj(out.transpose(1, 2).reshape(n, 1, width)))
-            h = h + block.mlp(block.norm2(h))
-        cache.length = p + 1
-        return net.out(net.norm_out(h))
+        # the backbone's incremental path: the new position attends to the cached ones and
+        # its keys and values are appended (the tests compare with the full forward)
+        return self.backbone(x, cache=cache, store=1)
 
 
 class AR(Method):
