@@ -24,7 +24,7 @@ def record(method, seed, values, dataset="digits", modality="image", hparams=Non
         name, sampler, nfe, *split = key
         e = {"name": name, "sampler": sampler, "nfe": nfe, "value": v, "metric": "m", "version": "1"}
         if split:
-            e["split"] = split[0]  # None: a model metric, as the host writes it
+            e["split"] = split[0]  # None: an explicit "no split"
         metrics.append(e)
     return {"method": method, "dataset": dataset, "modality": modality, "budget": budget, "seed": seed,
             "status": status, "hparams": hparams or {}, "precision": "fp32", "source": "trained",
@@ -96,7 +96,7 @@ def test_only_test_split_values_of_ok_runs_count():
 
 
 def test_model_metrics_recorded_with_split_none_count():
-    # the host writes a model metric (a likelihood, a method-specific metric) with "split": None
+    # the host writes model metrics without a split; an explicit None (other record writers) counts too
     recs = [record("flow", s, {("test_nll", None, None, None): a}, dataset="8gaussians", modality="toy2d")
             for s, a in enumerate([3.0, 3.1, 3.05])]
     recs += [record("flow", s, {("test_nll", None, None, None): b}, dataset="8gaussians",
