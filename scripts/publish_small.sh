@@ -16,18 +16,19 @@ run() { gmbench run --budget small --seeds "$SEEDS" --jobs "$JOBS" --threads 1 -
 
 TOY=8gaussians
 TEXT=synthlang
-# the noise floors (seconds), then text, then the toys; each group's defaults before the claims' ablations (PaperClaim
-# cells such as flow-matching[path=vp]), so that a stopped run leaves the most useful records
+# the noise floors (seconds), the defaults of every method (text, then toys), then the claims'
+# ablations (PaperClaim cells such as flow-matching[path=vp]): a run stopped early leaves the
+# most useful records
 gmbench floor --datasets $TOY,$TEXT --budget small --seeds "$SEEDS" --out "$OUT"
 run --plugins ar,bd3lm,d3pm,mdlm,sedd --datasets $TEXT
-run --plugins bd3lm --datasets $TEXT --set bd3lm.block_size=16
+run --plugins consistency,ddpm,ffjord,flow-matching,gan,glow,iddpm,ncsn,realnvp,rectified-flow,score-sde,vae --datasets $TOY
 run --plugins d3pm --datasets $TEXT --set d3pm.transition=uniform
 run --plugins sedd --datasets $TEXT --set sedd.graph=uniform
-run --plugins d3pm --datasets $TEXT --set d3pm.bound_steps=20
-run --plugins consistency,ddpm,ffjord,flow-matching,gan,glow,iddpm,ncsn,realnvp,rectified-flow,score-sde,vae --datasets $TOY
+run --plugins bd3lm --datasets $TEXT --set bd3lm.block_size=16
 run --plugins flow-matching --datasets $TOY --set flow-matching.path=vp
 run --plugins rectified-flow --datasets $TOY --set rectified-flow.reflow=false
 run --plugins glow --datasets $TOY --set glow.coupling=additive
 run --plugins realnvp --datasets $TOY --set realnvp.coupling=additive
 run --plugins vae --datasets $TOY --set vae.iw_samples=64
 run --plugins consistency --datasets $TOY --set consistency.mode=cd
+run --plugins d3pm --datasets $TEXT --set d3pm.bound_steps=20
