@@ -16,15 +16,15 @@ run() { gmbench run --budget small --seeds "$SEEDS" --jobs "$JOBS" --threads 1 -
 
 TOY=8gaussians
 TEXT=synthlang
-# the noise floors (seconds), the defaults of every method (text, then toys), then the claims'
-# ablations (PaperClaim cells such as flow-matching[path=vp]): a run stopped early leaves the
-# most useful records
+# the noise floors (seconds), every text run (the text claims need their ablations), then the
+# toys' defaults and their ablations (PaperClaim cells such as flow-matching[path=vp]): a run
+# stopped early leaves the most useful records
 gmbench floor --datasets $TOY,$TEXT --budget small --seeds "$SEEDS" --out "$OUT"
 run --plugins ar,bd3lm,d3pm,mdlm,sedd --datasets $TEXT
-run --plugins consistency,ddpm,ffjord,flow-matching,gan,glow,iddpm,ncsn,realnvp,rectified-flow,score-sde,vae --datasets $TOY
 run --plugins d3pm --datasets $TEXT --set d3pm.transition=uniform
 run --plugins sedd --datasets $TEXT --set sedd.graph=uniform
 run --plugins bd3lm --datasets $TEXT --set bd3lm.block_size=16
+run --plugins consistency,ddpm,ffjord,flow-matching,gan,glow,iddpm,ncsn,realnvp,rectified-flow,score-sde,vae --datasets $TOY
 run --plugins flow-matching --datasets $TOY --set flow-matching.path=vp
 run --plugins rectified-flow --datasets $TOY --set rectified-flow.reflow=false
 run --plugins glow --datasets $TOY --set glow.coupling=additive
