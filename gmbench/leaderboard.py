@@ -584,6 +584,9 @@ def _floor_rows(records: list[dict], metric: str, direction: str) -> list[dict]:
         runs = [r for r in records if str((r.get("reference") or {}).get("label") or "noise floor") == label]
         row = _method_row(label, runs, metric, direction)
         row["ranked"], row["floor"] = False, True
+        fv = values_frame(runs)
+        fv = fv[fv.split == "test"]
+        row["guards"] = {name: t_interval(g["value"]) for name, g in fv.groupby("name")}  # the sample-quality row
         rows.append(row)
     return rows
 
@@ -839,8 +842,10 @@ def _guard_table(board: Board) -> str:
     cells = {(r["method"], r["sampler"], r["nfe"], r["name"]): fmt_ci(r["mean"], r["ci"], r["n"])
              for r in board.samples.to_dict("records")}
     prec = {(r["method"], r["sampler"], r["nfe"]): r["precision"] for r in board.samples.to_dict("records")}
-    rows = [[md_escape(m), f"{md_escape(s)} @ {n}", md_escape(prec.get((m, s, n)) or "—")]
-            + [cells.get((m, s, n, name), "") for name in names] for m, s, n in _guard_rows(board)]
+    rows = [[md_escape(f["method"]), "—", "—"] + [fmt_ci(*f["guards"][name]) if name in f.get("guards", {}) else ""
+                                                   for name in names] for f in board.floors]
+    rows += [[md_escape(m), f"{md_escape(s)} @ {n}", md_escape(prec.get((m, s, n)) or "—")]
+             + [cells.get((m, s, n, name), "") for name in names] for m, s, n in _guard_rows(board)]
     return tabulate(rows, headers=["method", "sampler @ NFE", "sampling precision"] + [md_escape(n) for n in names],
                     tablefmt="github", disable_numparse=True)
 
