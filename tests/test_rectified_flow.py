@@ -260,3 +260,27 @@ class TestRectifiedFlowConformanceImages(MethodConformance):
     method = RectifiedFlow
     dataset = "digits"
     hparams = {"likelihood_steps": 2, "reflow_steps": 2}
+
+
+def test_straightness_is_a_record_metric_of_rectified_flow_only():
+    from gmbench.metrics.base import EvalContext
+    from gmbench_methods.flow_matching.rectified_flow import Straightness
+
+    [metric] = RectifiedFlow.extra_metrics
+    assert isinstance(metric, Straightness) and not metric.applies_to(EightGaussians())
+    ds = EightGaussians()
+    m = RectifiedFlow(ds.spec(), model_size="tiny")
+    ctx = EvalContext(dataset=ds, n_samples=0, seed=3)
+    got = metric.score_model(m, ctx)["straightness"]
+    # the metric is the method's S(Z) on the metric's own seeded trajectories (1000 x 100 on toy2d)
+    want = m.straightness(1000, torch.Generator().manual_seed(10_003), steps=100)
+    assert got == pytest.approx(want) and math.isfinite(got)
+    assert metric.fingerprint_fields(ctx) == {"trajectories": 1000, "steps": 100}
+    # a flow whose field is constant along each path is straight: S = 0
+    m.net = ConstantField()
+    assert metric.score_model(m, ctx)["straightness"] == pytest.approx(0.0, abs=1e-9)  # float32 Euler sums
+
+
+class ConstantField(nn.Module):
+    def forward(self, x, t):
+        return torch.ones_like(x)
