@@ -417,12 +417,17 @@ def test_registered_with_its_claims():
     reg = Registries()
     assert reg.methods.get("bd3lm") is BD3LM
     claims = {n: reg.claims.get(n) for n in reg.claims.names()}
-    ordering = {name: (str(c.a), str(c.b)) for name, c in claims.items() if c.paper == "2503.09573"}
+    ordering = {name: (str(c.a), str(c.b)) for name, c in claims.items()
+                if c.paper == "2503.09573" and c.metric == "test_bpc"}
     assert ordering == {
         "ar-beats-bd3lm-synthlang-bpc": ("ar", "bd3lm"),
         "bd3lm-beats-mdlm-synthlang-bpc": ("bd3lm", "mdlm"),
         "bd3lm-block4-beats-block16-synthlang-bpc": ("bd3lm", "bd3lm[block_size=16]"),
     }
+    # the sample-quality claims (registered by ar, BD3-LM T7): bd3lm's gen. ppl against steps and AR
+    samples = {name: (str(c.a), str(c.b)) for name, c in claims.items() if c.metric == "gen_ppl" and "bd3lm" in name}
+    assert samples == {"bd3lm-samples-improve-with-steps-synthlang": ("bd3lm ancestral", "None"),
+                       "ar-samples-beat-bd3lm-at-100-steps-synthlang": ("ar ancestral@64", "bd3lm ancestral@100")}
     assert BD3LM(text_spec(64), model_size="tiny").block_size == 4  # the label "bd3lm" is block size 4
 
 
