@@ -65,13 +65,16 @@ def expand(
 ) -> Matrix:
     """methods x datasets (by modality) x budget x seeds.
 
-    With ``datasets=None`` every *embedded* dataset a method supports is used;
-    named datasets are used for every selected method whose modalities fit.
-    Unknown names raise :class:`RegistryError` with a suggestion.
+    With ``datasets=None`` the suite's default datasets are used
+    (:func:`default_datasets`), with ``"all"`` every *embedded* dataset; named
+    datasets are used for every selected method whose modalities fit. Unknown
+    names raise :class:`RegistryError` with a suggestion.
     """
     methods = reg.methods.select(plugins)
     reg.budgets.get(budget)
-    if datasets is None or datasets == "all":
+    if datasets is None:
+        tokens = default_datasets(reg)
+    elif datasets == "all":
         tokens = [d for d in reg.datasets.names() if reg.datasets.get(d).embedded]
     else:
         tokens = [t.strip() for t in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
@@ -87,6 +90,18 @@ def expand(
                 continue
             specs += [RunSpec(m, t, budget, int(s), device, plugin=plugin_of(reg, m)) for s in seeds]
     return Matrix(specs, skipped)
+
+
+def default_datasets(reg: Registries) -> list[str]:
+    """The datasets of ``gmbench run`` without ``--datasets``: per modality, the embedded
+    datasets marked ``suite_default`` (built in: 8gaussians, digits, synthlang, one per
+    modality, so that the suite answers every modality once in minutes rather than
+    repeating each toy method on five 2-D densities); a modality none of whose datasets is
+    marked (a plugin's new modality) takes every embedded dataset of it."""
+    embedded = [d for d in reg.datasets.names() if reg.datasets.get(d).embedded]
+    marked = {reg.datasets.get(d).modality for d in embedded if reg.datasets.get(d).suite_default}
+    return [d for d in embedded
+            if reg.datasets.get(d).suite_default or reg.datasets.get(d).modality not in marked]
 
 
 def _peak_memory_mb(device: torch.device) -> dict:

@@ -23,12 +23,27 @@ def test_expand_matches_methods_to_datasets_by_modality(fake_registries):
     assert [(a, b) for a, b, _ in m.skipped] == [("tinygan", "digits")]
 
 
-def test_default_datasets_are_the_embedded_ones(fake_registries):
+def test_default_datasets_are_one_per_modality_and_all_is_every_embedded_one(fake_registries):
     reg = fake_registries()
-    m = expand(reg, plugins="gaussfit", budget="tiny-test")
-    names = {s.dataset for s in m.specs}
-    assert {"8gaussians", "checkerboard", "moons", "spirals", "rings", "digits"} <= names
-    assert "mnist" not in names and "cifar10" not in names
+    default = {s.dataset for s in expand(reg, plugins="gaussfit", budget="tiny-test").specs}
+    assert default == {"8gaussians", "digits"}  # gaussfit does toy2d and images; synthlang is text
+    every = {s.dataset for s in expand(reg, plugins="gaussfit", datasets="all", budget="tiny-test").specs}
+    assert {"8gaussians", "checkerboard", "moons", "spirals", "rings", "digits"} <= every
+    assert "mnist" not in every and "cifar10" not in every
+
+
+def test_a_modality_without_a_marked_default_runs_every_embedded_dataset_of_it(fake_registries):
+    from gmbench.data.toy2d import EightGaussians
+    from gmbench.runner import default_datasets
+
+    reg = fake_registries()
+    assert "synthlang" in default_datasets(reg) and "moons" not in default_datasets(reg)
+    EightGaussians.suite_default = False  # a registry whose toy2d datasets mark none
+    try:
+        toy = [d for d in default_datasets(reg) if reg.datasets.get(d).modality == "toy2d"]
+    finally:
+        EightGaussians.suite_default = True
+    assert set(toy) == {"8gaussians", "checkerboard", "moons", "spirals", "rings"}
 
 
 @pytest.mark.parametrize(

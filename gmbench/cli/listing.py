@@ -93,7 +93,7 @@ def datasets() -> None:
 @datasets.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def datasets_list(as_json: bool) -> None:
-    """Every dataset, its modality, whether it is embedded (offline)."""
+    """Every dataset, its modality, whether it is embedded (offline) and in the default suite."""
     emit(_listing("datasets", as_json), as_json)
 
 
@@ -106,6 +106,7 @@ def _dataset_rows(reg, as_json: bool) -> list[dict]:
                 "name": name,
                 "modality": cls.modality,
                 "embedded": bool(cls.embedded),
+                "default": bool(cls.embedded and cls.suite_default),
                 "primary_metric": cls.primary_metric,
                 "description": cls.description,
             }

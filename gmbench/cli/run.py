@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 @click.command()
 @click.option("--plugins", default="all", show_default=True, help="'all' or comma-separated method names.")
-@click.option("--datasets", default=None, help="Comma-separated datasets (name or name:path). Default: every embedded dataset each method supports.")
+@click.option("--datasets", default=None, help="Comma-separated datasets (name or name:path), or 'all' for every embedded one. Default: one per modality (8gaussians, digits, synthlang; `gmbench datasets list` marks them).")
 @click.option("--budget", default="small", show_default=True,
               help="Budget preset, or a comma list such as smoke,small to run each (see `gmbench budgets list`).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, or a count like '3x' for 0,1,2.")

@@ -93,6 +93,10 @@ class Dataset(ABC):
     primary_metric: ClassVar[str] = ""
     #: True for datasets that ship with gmbench and need no download
     embedded: ClassVar[bool] = True
+    #: True for the dataset ``gmbench run`` uses for its modality when no ``--datasets`` is
+    #: given (the built-in ones: 8gaussians, digits, synthlang); a modality with no such
+    #: dataset falls back to every embedded one (``gmbench.runner.default_datasets``)
+    suite_default: ClassVar[bool] = False
     #: share of the raw train split held out as ``val`` when ``_load_val`` draws nothing fresh
     val_fraction: ClassVar[float] = 0.15
 

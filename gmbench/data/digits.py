@@ -17,6 +17,7 @@ from gmbench.data.base import Dataset, DataSpec, Split
 
 class Digits(Dataset):
     name = "digits"
+    suite_default = True
     modality = "image"
     description = "8x8 handwritten digits, 1797 images, 10 classes (scikit-learn / UCI)"
     citation = "Alpaydin & Kaynak (1998), UCI Optical Recognition of Handwritten Digits"

@@ -61,6 +61,7 @@ class SyntheticLanguage(Dataset):
     """
 
     name = "synthlang"
+    suite_default = True
     modality = "text"
     primary_metric = "test_bpc"  # the convention for language models; sample metrics sit beside it
     description = (

@@ -96,6 +96,7 @@ class CurveMixture(Toy2D):
 
 class EightGaussians(CurveMixture):
     name = "8gaussians"
+    suite_default = True
     description = "8 Gaussians (std 0.5) evenly spaced on a circle of radius 4"
     sigma = 0.5
     quadrature_nodes = 1  # point masses: the rule is exact
