@@ -10,9 +10,10 @@ registry). What a board can be trusted for:
   Choosing on the reported numbers would reward noise. Records without
   validation values are chosen on test, and the board says so per method.
 * **Ties.** Ranks come in groups (1, 1, 3, ...): a method shares the rank of
-  the one above it when the paired t-test across seeds
-  (:func:`gmbench.stats.paired_compare`, 95%) at the two chosen settings does
-  not separate them. With one seed, ranks are marked as not tested.
+  its group's leader (the group's best method) when the paired t-test across
+  seeds (:func:`gmbench.stats.paired_compare`, 95%) at the two chosen settings
+  does not separate them, else it leads a new group; ties never chain. With one
+  seed, ranks are marked as not tested.
 * **Labels.** Likelihoods print as exact (plain), bound (``≤``) or estimate
   (``≈ mean ± stderr``); sampling settings show the counted NFE where the
   record has it; a run whose samples copy the training set is flagged.
@@ -516,7 +517,7 @@ def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> d
         "params": _median([(r.get("cost") or {}).get("params") for r in scored]),
         "backbone": sorted({backbone_of(r) for r in runs} - {""}),
         "train_flops": _median([(r.get("cost") or {}).get("train_flops") for r in scored]),
-        "rank": None, "vs_above": "",
+        "rank": None, "vs_lead": "",
     }
 
 
@@ -554,27 +555,32 @@ def _copies(records: list[dict], sel) -> dict | None:
 def assign_ranks(rows: list[dict], direction: str) -> None:
     """Rank groups (1, 1, 3, ...) over rows sorted best first, in place.
 
-    A row shares the rank of the row above when the paired t-test across the
-    seeds both ran (gmbench.stats.paired_compare, 95%) does not find the upper
-    one better; with fewer than 2 shared seeds the pair is not tested and the
-    rank stays strict (``tested`` False).
+    A group is led by its first (best) row; a later row joins it, sharing its rank,
+    when the paired t-test across the seeds both ran (gmbench.stats.paired_compare,
+    95%) does not find the *leader* better, and starts a new group otherwise. Testing
+    against the leader rather than the row above keeps ties from chaining: with A
+    tied with B and B with C, C still ranks below A when A is better than C. With
+    fewer than 2 shared seeds the pair is not tested and the rank stays strict
+    (``tested`` False). ``vs_lead`` says how the row compared with its group's leader.
     """
     from gmbench.stats import paired_compare
 
+    leader = None
     for i, row in enumerate(rows):
         row["tested"] = True
         if i == 0:
-            row["rank"], row["vs_above"] = 1, ""
+            row["rank"], row["vs_lead"], leader = 1, "", row
             continue
-        above = rows[i - 1]
-        c = paired_compare(row["values"], above["values"], direction)
+        c = paired_compare(row["values"], leader["values"], direction)
         if c.p_value is None:
-            row["rank"], row["tested"] = i + 1, False
-            row["vs_above"] = f"not tested ({len(c.seeds)} shared seed{'s' if len(c.seeds) != 1 else ''})"
+            row["rank"], row["tested"], leader = i + 1, False, row
+            row["vs_lead"] = f"not tested ({len(c.seeds)} shared seed{'s' if len(c.seeds) != 1 else ''})"
         elif c.better == "b":
-            row["rank"], row["vs_above"] = i + 1, f"worse (p = {c.p_value:.2g})"
+            row["rank"] = i + 1
+            row["vs_lead"] = f"worse than {leader['method']} (p = {c.p_value:.2g})"
+            leader = row
         else:
-            row["rank"], row["vs_above"] = above["rank"], f"tied (p = {c.p_value:.2g})"
+            row["rank"], row["vs_lead"] = leader["rank"], f"tied with {leader['method']} (p = {c.p_value:.2g})"
 
 
 def _floor_rows(records: list[dict], metric: str, direction: str) -> list[dict]:
@@ -717,7 +723,7 @@ def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
         "sampler @ NFE": _setting_cell(r),
         "likelihood": "—" if r.get("floor") else _likelihood_cell(r["likelihood"]),
         "chosen on": "—" if r.get("floor") else r["chosen_on"] or "—",
-        "vs above": r["vs_above"] or "—",
+        "vs group lead": md_escape(r["vs_lead"]) if r["vs_lead"] else "—",
         "copies": _copies_cell(r["copies"], flag_it=not r.get("floor")),
         "samples/s": fmt(r["samples_per_s"], ".3g"),
         "backbone": "—" if r.get("floor") or not r["backbone"] else md_escape("; ".join(r["backbone"])),
@@ -738,9 +744,11 @@ def _caption(board: Board) -> list[str]:
         "NFE is the counted number of network calls per sample where the record has it, else the nominal NFE.",
     ]
     if any(r.get("tested", True) for r in ranked[1:]):
-        out.append("**#** gives rank groups: a method shares the rank of the one above it when a paired t-test "
-                   "across seeds at the two methods' chosen settings (`gmbench.stats.paired_compare`, two-sided, 95%) "
-                   "does not separate them (column *vs above*).")
+        out.append("**#** gives rank groups: a group is led by its best method, and a method shares the leader's rank "
+                   "when a paired t-test across seeds at the two methods' chosen settings "
+                   "(`gmbench.stats.paired_compare`, two-sided, 95%) does not separate it from the leader, else it "
+                   "leads a new group (column *vs group lead*). Ties do not chain: a method clearly worse than a "
+                   "group's leader never shares its rank.")
     if any(not r.get("tested", True) for r in ranked):
         out.append("Ranks marked ‡ are **not tested** for significance: fewer than 2 seeds are shared with the method "
                    "above (one seed cannot separate methods from seed noise).")

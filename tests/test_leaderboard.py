@@ -103,7 +103,7 @@ def test_board_ranks_by_primary_metric_and_shows_failures(tmp_path):
     assert [r[1] for r in rows] == ["fast", "slow", "gan", "broken"]
     # fast and slow are not separated by a paired t-test over their 2 seeds; gan has 1 seed: untested
     assert [r[0] for r in rows] == ["1", "1", "3‡", "—"]
-    assert rows[1][7].startswith("tied (p = ") and rows[2][7] == "not tested (1 shared seed)"
+    assert rows[1][7].startswith("tied with fast (p = ") and rows[2][7] == "not tested (1 shared seed)"
     assert {r[6] for r in rows[:3]} == {"test (no validation values)"}
     fast = rows[0]
     assert fast[2].startswith("0.32 ± ") and fast[2].endswith("(n=2)")
@@ -364,10 +364,29 @@ def test_ranks_come_in_groups_by_the_paired_test(tmp_path):
     recs = [make_record(m, seed, {("swd", "s", 1): v}) for m, vs in per_seed.items() for seed, v in enumerate(vs)]
     page, rows = board_rows(tmp_path, recs)
     assert [(r["#"], r["method"]) for r in rows] == [("1", "a"), ("2", "b"), ("2", "c"), ("4", "d")]
-    p = {r["method"]: float(r["vs above"].split("p = ")[1].rstrip(")")) for r in rows[1:]}
-    assert rows[1]["vs above"].startswith("worse") and rows[2]["vs above"].startswith("tied")
+    p = {r["method"]: float(r["vs group lead"].split("p = ")[1].rstrip(")")) for r in rows[1:]}
+    assert rows[1]["vs group lead"].startswith("worse than a") and rows[2]["vs group lead"].startswith("tied with b")
+    assert rows[3]["vs group lead"].startswith("worse than b")
     assert p["b"] < 0.05 and p["c"] > 0.05 and p["d"] < 0.05
     assert "paired t-test" in page and "not tested" not in page
+
+
+def test_ties_do_not_chain_a_method_clearly_below_the_leader_ranks_below_it(tmp_path):
+    # b is within seed noise of a, c within seed noise of b, but a beats c on every seed:
+    # chained ties would put all three at rank 1
+    per_seed = {"a": (0.10, 0.30, 0.20),
+                "b": (0.30, 0.25, 0.45),
+                "c": (0.40, 0.55, 0.50)}
+    recs = [make_record(m, seed, {("swd", "s", 1): v}) for m, vs in per_seed.items() for seed, v in enumerate(vs)]
+    _, rows = board_rows(tmp_path, recs)
+    from gmbench.stats import paired_compare
+
+    vals = {m: dict(enumerate(v)) for m, v in per_seed.items()}
+    assert paired_compare(vals["b"], vals["a"], "lower").better is None  # a ~ b
+    assert paired_compare(vals["c"], vals["b"], "lower").better is None  # b ~ c
+    assert paired_compare(vals["c"], vals["a"], "lower").better == "b"  # a beats c
+    assert [(r["#"], r["method"]) for r in rows] == [("1", "a"), ("1", "b"), ("3", "c")]
+    assert rows[2]["vs group lead"].startswith("worse than a")
 
 
 def test_one_seed_ranks_are_marked_not_tested(tmp_path):
