@@ -210,6 +210,30 @@ def test_latent_moments_and_decoded_gaussian_samples():
     assert torch.equal(model.sample(5, "latent-gaussian", 1, gen(4)), model.sample(5, "latent-gaussian", 1, gen(4)))
 
 
+def test_samples_from_a_rank_deficient_slightly_indefinite_latent_covariance():
+    # the plain AE at f=8 on digits: latents with almost no spread in some directions;
+    # float32 running moments then give a covariance with eigenvalues a little below 0,
+    # where a Cholesky factor failed and took the run's reconstruction metrics with it
+    g = gen(5)
+    model = DCAE(SPEC, model_size="tiny", f=8)  # latent (16, 1, 1)
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))[0]
+    evals = torch.cat([torch.full((4,), 0.01), torch.zeros(12)]).double()
+    evals[-3:] = -1e-7  # indefinite by rounding, as float32 running moments come out
+    mu = torch.full((16,), 0.2)  # samples stay inside the data range [-1, 1] (no clamping)
+    model.prior.mean.copy_(mu)
+    model.prior.second.copy_((basis * evals) @ basis.T + torch.outer(mu, mu).double())
+    with pytest.raises(torch.linalg.LinAlgError):  # what the old Cholesky sampler hit
+        torch.linalg.cholesky(model.prior.covariance() + 1e-6 * float(model.prior.covariance().diagonal().mean())
+                              * torch.eye(16, dtype=torch.float64))
+    model.decoder = nn.Flatten()  # identity on the (16, 1, 1) latent: the samples are the latents
+    z = model.sample(20000, "latent-gaussian", 1, gen(6)).flatten(1).double()
+    assert torch.isfinite(z).all()
+    assert ((z.mean(0) - mu).abs() < 0.01).all()
+    spread = z - mu  # the samples stay in the 4-dimensional span, with its variances
+    proj = spread @ basis
+    assert proj[:, 4:].abs().max() < 1e-3 and ((proj[:, :4].var(0) - 0.01).abs() < 0.001).all()
+
+
 class FixedEncoder(nn.Module):
     """A cheap stand-in encoder with known latents: 4x4 block means, scaled per channel."""
 

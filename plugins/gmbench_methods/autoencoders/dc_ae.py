@@ -431,11 +431,14 @@ class DCAE(Method):
     @torch.no_grad()
     def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
         self.sampler(sampler)  # unknown names fail with a suggestion
-        cov = self.prior.covariance()
-        jitter = 1e-6 * float(cov.diagonal().mean().clamp_min(1e-12)) + 1e-12
-        chol = torch.linalg.cholesky(cov + jitter * torch.eye(len(cov), dtype=cov.dtype, device=cov.device))
-        eps = torch.randn(n, len(cov), generator=generator, device=generator.device, dtype=torch.float64).to(self.device)
-        z = (self.prior.mean.double() + eps @ chol.T).float().reshape(n, *self.latent_shape)
+        # a symmetric square root from the eigendecomposition, eigenvalues clamped at 0: the
+        # fitted covariance is PSD in exact arithmetic but can come out slightly indefinite
+        # (float32 running moments of latents with a large mean and a tiny spread in some
+        # directions), and a Cholesky factor then fails outright (the plain AE at f=8 did)
+        evals, evecs = torch.linalg.eigh(self.prior.covariance())
+        root = evecs * evals.clamp_min(0).sqrt()
+        eps = torch.randn(n, len(evals), generator=generator, device=generator.device, dtype=torch.float64).to(self.device)
+        z = (self.prior.mean.double() + eps @ root.T).float().reshape(n, *self.latent_shape)
         x = self.decoder(z)
         return x.clamp(*self.data.value_range) if self.data.value_range is not None else x
 
