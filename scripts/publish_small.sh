@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every record the published `small` boards and claims report are built from:
-# each toy2d-capable method on 8gaussians and each text method on synthlang, with the
-# variants the registered paper claims compare (the `--set` runs), and the noise floors.
+# each toy2d-capable method on 8gaussians, each text method on synthlang and each image
+# method on digits, with the variants the registered paper claims compare (the `--set`
+# runs), and the noise floors.
 #
 #   scripts/publish_small.sh OUT [SEEDS] [JOBS]
 #
@@ -16,10 +17,11 @@ run() { gmbench run --budget small --seeds "$SEEDS" --jobs "$JOBS" --threads 1 -
 
 TOY=8gaussians
 TEXT=synthlang
+IMAGE=digits
 # the noise floors (seconds), every text run (the text claims need their ablations), then the
 # toys' defaults and their ablations (PaperClaim cells such as flow-matching[path=vp]): a run
 # stopped early leaves the most useful records
-gmbench floor --datasets $TOY,$TEXT --budget small --seeds "$SEEDS" --out "$OUT"
+gmbench floor --datasets $TOY,$TEXT,$IMAGE --budget small --seeds "$SEEDS" --out "$OUT"
 run --plugins ar,bd3lm,d3pm,mdlm,sedd --datasets $TEXT
 run --plugins d3pm --datasets $TEXT --set d3pm.transition=uniform
 run --plugins sedd --datasets $TEXT --set sedd.graph=uniform
@@ -32,3 +34,19 @@ run --plugins realnvp --datasets $TOY --set realnvp.coupling=additive
 run --plugins vae --datasets $TOY --set vae.iw_samples=64
 run --plugins consistency --datasets $TOY --set consistency.mode=cd
 run --plugins d3pm --datasets $TEXT --set d3pm.bound_steps=20
+# digits last (a run is minutes, not seconds): the methods with the most image claims first
+run --plugins ddpm,score-sde,iddpm,gan --datasets $IMAGE
+run --plugins flow-matching --datasets $IMAGE --set flow-matching.path=vp
+run --plugins flow-matching,consistency --datasets $IMAGE
+run --plugins consistency --datasets $IMAGE --set consistency.mode=cd
+run --plugins glow,realnvp,ffjord --datasets $IMAGE
+run --plugins glow --datasets $IMAGE --set glow.coupling=additive
+run --plugins realnvp --datasets $IMAGE --set realnvp.coupling=additive
+run --plugins rectified-flow --datasets $IMAGE
+run --plugins rectified-flow --datasets $IMAGE --set rectified-flow.reflow=false
+run --plugins ldm,mar --datasets $IMAGE
+run --plugins mar --datasets $IMAGE --set mar.loss=ce
+run --plugins mar --datasets $IMAGE --set mar.order=raster
+run --plugins dc-ae --datasets $IMAGE --set dc-ae.f=8
+run --plugins dc-ae --datasets $IMAGE --set dc-ae.f=8 --set dc-ae.residual=false
+run --plugins vae,ncsn --datasets $IMAGE
