@@ -750,8 +750,8 @@ def _caption(board: Board) -> list[str]:
                    "leads a new group (column *vs group lead*). Ties do not chain: a method clearly worse than a "
                    "group's leader never shares its rank.")
     if any(not r.get("tested", True) for r in ranked):
-        out.append("Ranks marked ‡ are **not tested** for significance: fewer than 2 seeds are shared with the method "
-                   "above (one seed cannot separate methods from seed noise).")
+        out.append("Ranks marked ‡ are **not tested** for significance: fewer than 2 seeds are shared with the leader "
+                   "of the group above (one seed cannot separate methods from seed noise).")
     out.append("Likelihood: plain = exact; ≤ = an upper bound on the NLL (the true NLL is lower); "
                "≈ = an unbiased stochastic estimate ± its standard error; none = the method gives no likelihood.")
     if any(r["budget_spent"] for r in board.ranking):

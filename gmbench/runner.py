@@ -75,7 +75,7 @@ def expand(
     if datasets is None:
         tokens = default_datasets(reg)
     elif datasets == "all":
-        tokens = [d for d in reg.datasets.names() if reg.datasets.get(d).embedded]
+        tokens = list(_embedded(reg))
     else:
         tokens = [t.strip() for t in datasets.split(",")] if isinstance(datasets, str) else list(datasets)
         for t in tokens:
@@ -98,10 +98,14 @@ def default_datasets(reg: Registries) -> list[str]:
     modality, so that the suite answers every modality once in minutes rather than
     repeating each toy method on five 2-D densities); a modality none of whose datasets is
     marked (a plugin's new modality) takes every embedded dataset of it."""
-    embedded = [d for d in reg.datasets.names() if reg.datasets.get(d).embedded]
-    marked = {reg.datasets.get(d).modality for d in embedded if reg.datasets.get(d).suite_default}
-    return [d for d in embedded
-            if reg.datasets.get(d).suite_default or reg.datasets.get(d).modality not in marked]
+    embedded = _embedded(reg)
+    marked = {cls.modality for cls in embedded.values() if cls.suite_default}
+    return [d for d, cls in embedded.items() if cls.suite_default or cls.modality not in marked]
+
+
+def _embedded(reg: Registries) -> dict:
+    """Every embedded dataset's class, by name, in registry order."""
+    return {d: cls for d in reg.datasets.names() if (cls := reg.datasets.get(d)).embedded}
 
 
 def _peak_memory_mb(device: torch.device) -> dict:
