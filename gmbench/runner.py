@@ -252,6 +252,7 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     train_seconds, curve_s = None, [0.0]
     if spec.load:  # evaluate given weights: no training, no training cost claimed
         record["load"] = load_weights(method, spec.load)
+        method.train(False)  # evaluated as a trained run is: dropout off, batch norm on its running statistics
     else:
         policy = None
         if training_checkpoints is not None:

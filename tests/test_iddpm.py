@@ -310,7 +310,8 @@ def test_toy_samples_are_clipped_to_the_training_range_once_it_is_known():
         x = method.sample(64, sampler, 5, gen())
         assert bool((x[:, 0] >= -1).all() and (x[:, 0] <= 2).all() and (x[:, 1] >= 0).all() and (x[:, 1] <= 3).all())
     low, high = method.bound_clip_range  # the bound's: widened by the width on each side
-    torch.testing.assert_close(low, torch.tensor([-4.0, -3.0])) and torch.testing.assert_close(high, torch.tensor([5.0, 6.0]))
+    torch.testing.assert_close(low, torch.tensor([-4.0, -3.0]))
+    torch.testing.assert_close(high, torch.tensor([5.0, 6.0]))
     assert "data_range" in method.modules() and "data_range" not in IDDPM(TOY, clip_denoised=False).modules()
 
 

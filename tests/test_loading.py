@@ -65,6 +65,35 @@ def test_saved_weights_load_back_to_the_same_numbers_with_no_training_cost(train
     assert replace(SPEC, load=ckpt["path"]).filename != SPEC.filename
 
 
+class SamplesThroughDropout(Healthy):
+    """``healthy`` with dropout on its samples: the identity only in eval mode."""
+
+    name = "dropout-samples"
+
+    def __init__(self, data, model_size="tiny"):
+        super().__init__(data, model_size)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def modules(self):
+        return {**super().modules(), "drop": self.drop}
+
+    def sample(self, n, sampler, nfe, generator):
+        return self.drop(super().sample(n, sampler, nfe, generator))
+
+
+def test_loaded_weights_are_evaluated_in_eval_mode(tmp_path):
+    # a freshly built module is in training mode; a trained run ends in eval mode, and so must
+    # a loaded one, or a network with dropout (the U-Net at base and large) samples with it on
+    reg = Registries(make_plugin_manager((FaultsPlugin(SamplesThroughDropout),), load_entrypoints=False))
+    spec = replace(SPEC, method="dropout-samples")
+    [trained] = make_executor("local", options=RunOptions(checkpoint_dir=str(tmp_path / "ckpt"))).run(
+        [spec], reg, tmp_path / "trained")
+    assert trained["status"] == "ok", trained["error"]
+    [loaded] = make_executor("local").run([replace(spec, load=trained["checkpoint"]["path"])], reg, tmp_path / "loaded")
+    assert loaded["status"] == "ok", loaded["error"]
+    assert values(loaded) == values(trained)
+
+
 def _evil_pickle(path: Path, marker: Path) -> Path:
     class Evil:
         def __reduce__(self):

@@ -34,7 +34,9 @@ Samplers, on the grid ``t_k = 1 - k (1 - eps) / N``, ``k = 0..N`` (``eps`` = ``s
   ``x <- x - f_k(x) + G_k^2 s_theta(x, t_k) + G_k z`` with the SDE's own discretisation
   between ``t_{k+1} < t_k`` (VE: SMLD's chain; VP: DDPM's chain respaced to the grid;
   sub-VP: Euler-Maruyama, which it equals for a step of the plain reverse SDE). One
-  network call per step. The last step adds no noise (the code's ``noise_removal``).
+  network call per step. The last step (to ``eps``) adds no noise; unlike the released
+  code's ``noise_removal`` there is no further noise-free step at ``eps`` itself, so samples keep
+  noise of about ``s(eps)`` (docs/methods/score-sde.md, Deviations).
 * ``pc``: predictor-corrector (Algorithms 1-3): one Langevin corrector step at ``t_k`` and then
   the reverse-diffusion step ``t_k -> t_{k+1}``, for ``k = 0..N-1`` (the released code's order;
   Algorithms 2-3 put the corrector after the predictor at the new level, which would end the
@@ -57,8 +59,9 @@ Samplers, on the grid ``t_k = 1 - k (1 - eps) / N``, ``k = 0..N`` (``eps`` = ``s
   predictors).
 * ``ode``: the probability-flow ODE (Eq. 13) ``dx/dt = f(x, t) - g(t)^2 s_theta(x, t) / 2``
   from ``t = 1`` to ``eps`` with N fixed Euler steps through ``torchdiffeq.odeint``
-  (``method="euler"``; one call per step, the discretisation of the paper's "probability
-  flow" P1000 row). Deterministic given the initial noise.
+  (``method="euler"``; one call per step). The paper's "probability flow" P1000 row discretises
+  the same ODE with the reverse-diffusion update (``probability_flow=True``); the two agree to
+  first order in the step. Deterministic given the initial noise; no denoising step at ``eps``.
 * ``ode-adaptive``: the same ODE with torchdiffeq's Dormand-Prince 5(4) (``dopri5``),
   ``rtol = atol = 1e-5`` (the paper integrates with scipy's RK45 at those tolerances, §4.3);
   the host records the calls it counts.

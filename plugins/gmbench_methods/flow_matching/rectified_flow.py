@@ -39,7 +39,9 @@ grid starts at 10, and RF T1's claim is about one step).
 Straightness (§2.3, the straightness of a flow): ``S(Z) = int_0^1 E || (Z_1 - Z_0) - v(Z_t, t) ||^2 dt``
 along the flow's own trajectories, 0 for straight paths. :meth:`RectifiedFlow.straightness`
 estimates it with ``steps`` Euler steps and ``n`` trajectories (squared norm summed over
-dimensions, per trajectory, averaged). It is a method, not a record metric.
+dimensions, per trajectory, averaged). The host records it as the method's own metric
+``straightness`` (:class:`Straightness`, ``extra_metrics``), and the claim
+``rf-reflow-straightens-toy2d`` compares 2-RF's with 1-RF's.
 
 Likelihood: as ``flow-matching`` (``ode.ode_log_likelihood``): the instantaneous change of
 variables integrated with ``likelihood_steps`` RK4 steps (``"auto"``: toy2d 50, images 8,
