@@ -10,6 +10,10 @@ Closed forms checked, each derived here independently of the plugin's code:
   ``M = expm(A)``: the ODE likelihood (exact trace) equals that Gaussian's log-density, and
   Hutchinson's estimate is unbiased for it; Euler and midpoint give the exact powers of their
   one-step matrices, dopri5 gives ``expm(A)``;
+* for a time-dependent field ``v(x, t) = a(t) A x`` (plus ``t B x`` with ``A B != B A``) Euler and
+  midpoint give their exact discrete products in the sampler's direction (noise at ``t = 0``),
+  and the likelihood equals ``log N(Phi^{-1} x) - int_0^1 div v dt``: running the field in
+  reversed time fails these;
 * the minibatch OT pairing against brute force over all permutations.
 """
 
@@ -21,6 +25,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 from torch import nn
 
@@ -214,6 +219,82 @@ def test_image_likelihood_is_a_labelled_unbiased_estimate():
     draws = method.log_likelihood(x.float().reshape(1, 1, 3, 3).expand(4000, 1, 3, 3).contiguous(), gen(14)).double()
     assert float(draws.std()) > 0.05
     assert abs(float(draws.mean()) - exact) < 4 * float(draws.std()) / math.sqrt(len(draws)) + 1e-3
+
+
+# ------------------------------------------------------------------ a time-dependent linear field
+# Every field above ignores t, so a sampler or likelihood that ran the field in reversed time
+# would pass them all. With v(x, t) = a(t) A x, a(t) = 1 + 2t (A from above), the fixed-step
+# samplers' maps are exact products of per-step matrices that depend on the times at which the
+# field is evaluated. The exact flow map, expm(A int_0^1 a) = expm(2 A), is the same for
+# a(1 - t), so a field evaluated at 1 - t would still give the right likelihood: for that check
+# a term t B x with A B != B A is added, which makes the (time-ordered) flow map depend on
+# the direction of time.
+
+B2 = np.array([[0.6, -0.4], [1.0, -0.2]])  # A2 B2 != B2 A2
+
+
+def a_of(t):
+    return 1 + 2 * t  # int_0^1 a(t) dt = 2
+
+
+class TimeLinearField(nn.Module):
+    """v(x, t) = a(t) A x + t B x on the flattened input (t a float or a 0-d tensor); counts its calls."""
+
+    def __init__(self, A: np.ndarray, B: np.ndarray | None = None):
+        super().__init__()
+        self.A = torch.tensor(A, dtype=torch.float32)
+        self.B = torch.zeros_like(self.A) if B is None else torch.tensor(B, dtype=torch.float32)
+        self.calls = 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        t = torch.as_tensor(t, dtype=x.dtype)
+        return (x.flatten(1) @ (a_of(t) * self.A + t * self.B).T).reshape(x.shape)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_samplers_run_a_time_dependent_field_forward_from_noise_at_t0(steps):
+    """Noise at t = 0, data at t = 1: Euler is prod_k (I + h a(t_k) A) over t_k = k h, midpoint
+    prod_k (I + h a(t_k + h/2) A + h^2/2 a(t_k + h/2) a(t_k) A^2) (all factors commute)."""
+    method = FlowMatching(TOY, model_size="tiny")
+    method.net = net = TimeLinearField(A2)
+    z = torch.randn(8, 2, generator=gen(21))
+    h, I2 = 1.0 / steps, np.eye(2)
+    euler, midpoint = I2, I2
+    for k in range(steps):
+        t = k * h
+        euler = (I2 + h * a_of(t) * A2) @ euler
+        midpoint = (I2 + h * a_of(t + h / 2) * A2 + 0.5 * h**2 * a_of(t + h / 2) * a_of(t) * A2 @ A2) @ midpoint
+    for sampler, M, calls in (("euler", euler, steps), ("midpoint", midpoint, 2 * steps)):
+        net.calls = 0
+        x = method.sample(8, sampler, steps, gen(21))
+        assert net.calls == calls
+        torch.testing.assert_close(x.double(), z.double() @ torch.tensor(M).T, rtol=1e-5, atol=1e-5)
+    if steps == 10:  # and both approach the exact flow map expm(2 A) (first / second order)
+        exact = expm(2 * A2)
+        assert np.abs(midpoint - exact).max() < 0.1 * np.abs(euler - exact).max()
+
+
+def test_exact_trace_likelihood_of_a_time_dependent_linear_flow():
+    """log p_1(x) = log N(z; 0, I) - int_0^1 div v dt = log N(expm(-2A) x; 0, I) - 2 tr(A): the
+    flow expands volume by exp(tr(A) int a), so the density at the data end is lower by it."""
+    method = FlowMatching(TOY, model_size="tiny")  # likelihood_steps "auto": 50 RK4 steps on toy2d
+    method.net = TimeLinearField(A2)
+    x = 1.5 * torch.randn(200, 2, generator=gen(22), dtype=torch.float64)
+    z = x @ torch.tensor(expm(-2 * A2)).T
+    closed = gaussian_logp(z, np.eye(2)) - 2 * float(np.trace(A2))
+    ll = method.log_likelihood(x.float(), gen(23)).double()
+    torch.testing.assert_close(ll, closed, rtol=1e-4, atol=1e-4)  # off by 2e-5 at most (float32 field)
+    # a field whose matrices at different times do not commute: v = (a(t) A + t B) x. Its flow
+    # map Phi solves dPhi/dt = (a(t) A + t B) Phi, Phi(0) = I (scipy, to 1e-12), which changes if
+    # time runs backwards; int_0^1 div v dt = 2 tr(A) + tr(B) / 2
+    method.net = TimeLinearField(A2, B2)
+    sol = solve_ivp(lambda t, y: ((a_of(t) * A2 + t * B2) @ y.reshape(2, 2)).ravel(), (0.0, 1.0), np.eye(2).ravel(),
+                    rtol=1e-12, atol=1e-12)
+    z = x @ torch.tensor(np.linalg.inv(sol.y[:, -1].reshape(2, 2))).T
+    closed = gaussian_logp(z, np.eye(2)) - float(2 * np.trace(A2) + 0.5 * np.trace(B2))
+    ll = method.log_likelihood(x.float(), gen(23)).double()
+    torch.testing.assert_close(ll, closed, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ minibatch OT

@@ -10,7 +10,9 @@ Closed forms checked, each computed here independently of the plugin's code:
   noise network, written out from ``abar``;
 * FLOPs: a latent-stage step costs the encoder's forward pass plus the U-Net's step, and the
   scale estimate's encoding pass is charged by the host to the latent stage;
-* the NFE audit: a sample makes exactly ``nfe`` network calls, the decoder's included.
+* the NFE audit: a sample makes exactly ``nfe`` network calls, the decoder's included;
+* the scale's direction: the latent network trains on ``scale * E(x)`` and a sample decodes
+  ``z_0 / scale`` (spies on the latent DDPM's training call and on the decoder).
 """
 
 from __future__ import annotations
@@ -219,6 +221,47 @@ def test_sample_decodes_the_latents_divided_by_the_scale():
     z = m.sample_latents(4, "ddim", 3, gen(2))
     x = m.sample(4, "ddim", 4, gen(2))
     assert torch.allclose(x, m.decode(z / 0.25).clamp(-1, 1), atol=1e-6)
+
+
+class CaptureDecoder(nn.Module):
+    """A stub decoder: records its input latents, returns ``0.5 * upsample2(z)`` (an image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, z):
+        self.seen.append(z.clone())
+        return 0.5 * F.interpolate(z, scale_factor=2)
+
+
+def test_latent_network_trains_on_scale_times_e_and_samples_decode_z_over_scale():
+    """The latent DDPM is fed ``scale * E(x)`` (dividing would train it on latents 16x off at
+    scale 0.25), and a sample decodes ``z_0 / scale``."""
+    m = tiny(ema_decay=0)
+    m.encoder = AffineEncoder(a=-2.5, b=0.7)  # posterior std exp(-15): z = E(x) to ~3e-7
+    m.latent_scale.scale.fill_(0.25)
+    fed = []
+    real_step = m.diffusion.training_step
+
+    def spy(stage, z, step):
+        fed.append(z.clone())
+        return real_step(stage, z, step)
+
+    m.diffusion.training_step = spy
+    x = torch.rand(6, 1, 8, 8, generator=gen(3)) * 2 - 1
+    loss = m.training_step("latent", x, 0)["unet"]
+    (z,) = fed
+    e_x = -2.5 * F.avg_pool2d(x, 2) + 0.7  # E(x), computed here
+    torch.testing.assert_close(z, 0.25 * e_x, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(loss)
+    # sampling: the decoder sees z_0 / scale, and its output (clamped) is the sample
+    m.decoder = CaptureDecoder()
+    z0 = m.sample_latents(5, "ddim", 3, gen(4))
+    out = m.sample(5, "ddim", 4, gen(4))  # NFE 4: 3 U-Net steps and the decoder
+    (seen,) = m.decoder.seen
+    torch.testing.assert_close(seen, z0 / 0.25)
+    torch.testing.assert_close(out, (0.5 * F.interpolate(z0 / 0.25, scale_factor=2)).clamp(-1, 1))
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral"])

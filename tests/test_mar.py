@@ -23,7 +23,7 @@ from gmbench_methods.autoregressive import mar as mar_module
 from gmbench_methods.autoregressive.diffloss import DiffusionHead, diffusion_loss, sample_tokens
 from gmbench_methods.autoregressive.mar import (CE_SAMPLERS, LATENT_DIFFUSION_SAMPLERS, MAR, generation_order, masked_counts, patchify, tokens_per_step,
                                                 truncnorm_mask_ratio, unpatchify)
-from gmbench_methods.diffusion.schedules import NoiseSchedule
+from gmbench_methods.diffusion.schedules import NoiseSchedule, space_timesteps
 
 DIGITS = DataSpec(name="digits", modality="image", shape=(1, 8, 8), levels=17, value_range=(-1.0, 1.0))
 
@@ -91,6 +91,78 @@ def test_truncated_gaussian_mask_ratio_inverts_its_cdf():
     assert abs(float(draws.mean()) - mean) < 2e-3
 
 
+def _truncnorm_cdf(r: float) -> float:
+    """CDF of N(1, 0.25^2) truncated to [0.7, 1], written out from Phi."""
+    phi = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
+    lo, hi = phi((0.7 - 1) / 0.25), phi(0.0)
+    return min(1.0, max(0.0, (phi((r - 1) / 0.25) - lo) / (hi - lo)))
+
+
+def _sorted_rows(t: torch.Tensor) -> list:
+    return sorted(map(tuple, t.tolist()))
+
+
+@pytest.mark.parametrize("order, steps", [("random", 400), ("raster", 20)])
+def test_training_masks_the_last_m_of_each_order_with_one_ratio_per_batch(order, steps, monkeypatch):
+    """One ratio r per batch, m = ceil(r L) masked: the last m of each image's generation order
+    (the known tokens are the prefix generation fills first); the diffusion loss gets exactly
+    the masked tokens, each with the transformer's output at its own position."""
+    method = MAR(DIGITS, model_size="tiny", order=order, ema_decay=None)
+    L, rec = method.L, {}
+    real_ratio, real_order, real_loss = mar_module.truncnorm_mask_ratio, mar_module.generation_order, mar_module.diffusion_loss
+
+    def ratio(u, *a, **k):
+        r = real_ratio(u, *a, **k)
+        rec.setdefault("ratio", []).append((u.clone(), r.clone()))
+        return r
+
+    def orders(*a, **k):
+        o = real_order(*a, **k)
+        rec.setdefault("order", []).append(o.clone())
+        return o
+
+    def loss(head, schedule, x, z, mul, *a, **k):
+        rec.setdefault("loss", []).append((head, x.clone(), z.clone(), mul))
+        return real_loss(head, schedule, x, z, mul, *a, **k)
+
+    monkeypatch.setattr(mar_module, "truncnorm_mask_ratio", ratio)
+    monkeypatch.setattr(mar_module, "generation_order", orders)
+    monkeypatch.setattr(mar_module, "diffusion_loss", loss)
+    method.net.register_forward_hook(lambda mod, args, out: rec.setdefault("net", []).append((args[0], args[1], out)))
+    torch.manual_seed(0)
+    batch = torch.rand(4, 1, 8, 8) * 2 - 1  # distinct tokens: a token's values identify it
+    x = patchify(batch, 2)
+    ms = []
+    with torch.no_grad():
+        for step in range(steps):
+            rec.clear()
+            method.training_step("mar", batch, step)
+            (u, r), = rec["ratio"]  # one ratio for the whole batch
+            assert u.numel() == 1 and 0.0 <= float(u) <= 1.0
+            m = math.ceil(float(r) * L)
+            ms.append(m)
+            (o,), ((tokens, known, z),) = rec["order"], rec["net"]
+            if order == "raster":
+                assert torch.equal(o, torch.arange(L).expand(4, L))
+            # known: exactly the first L - m of each order, at their true values
+            want = torch.zeros(4, L, dtype=torch.bool).scatter(1, o[:, :L - m], True)
+            assert torch.equal(known, want), (step, m, known.sum(1).tolist())
+            assert torch.equal(tokens[known], x[known])
+            # the loss: exactly the masked tokens, each paired with z at its own position
+            (head, x_m, z_m, mul), = rec["loss"]
+            assert head is method.head and mul == method.mul and x_m.shape == (4 * m, method.d)
+            masked = o[:, L - m:]
+            pairs = torch.cat([x.gather(1, masked[..., None].expand(-1, -1, method.d)),
+                               z.gather(1, masked[..., None].expand(-1, -1, z.shape[-1]))], -1).flatten(0, 1)
+            assert _sorted_rows(torch.cat([x_m, z_m], -1)) == _sorted_rows(pairs), (step, m)
+    if order == "random":  # m's distribution: P(m = k) = F(k / L) - F((k - 1) / L), F the truncated CDF
+        for k in range(1, L + 1):
+            p = _truncnorm_cdf(k / L) - _truncnorm_cdf((k - 1) / L)
+            freq = ms.count(k) / steps
+            assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / steps) + 1e-9, (k, freq, p)
+        assert set(ms) == {12, 13, 14, 15, 16}  # ceil(16 r), r in [0.7, 1]
+
+
 # ------------------------------------------------------------------ orders
 
 
@@ -110,6 +182,37 @@ def test_raster_sampling_fills_tokens_in_raster_order():
     assert len(seen) == 16
     for k, known in enumerate(seen):  # before step k the first k raster tokens are known
         assert known.tolist() == [i < k for i in range(16)]
+
+
+def test_random_order_generation_follows_the_masked_count_schedule_and_never_overwrites():
+    """Several tokens per step (L = 16, K = 5): before step k, L - m_k tokens are known,
+    m = masked_counts(16, 5); generated tokens never change; the last step fills the rest."""
+    method = MAR(DIGITS, model_size="tiny", ema_decay=None)  # order="random"
+    L, K, n, S = 16, 5, 6, 20
+    m = masked_counts(L, K)
+    assert m == [16, 15, 12, 9, 4, 0]
+    seen, head_rows = [], []
+    method.net.register_forward_pre_hook(lambda mod, args: seen.append((args[0].clone(), args[1].clone())))
+    method.head.register_forward_pre_hook(lambda mod, args: head_rows.append(args[0].shape[0]))
+    # the zero-initialised head with clip_denoised ends every token at its clipped x0: in range,
+    # so the sample's clamp changes nothing and patchify recovers the final tokens
+    final = patchify(method.sample(n, "ddpm-s20", K, gen(0)), 2)
+    assert len(seen) == K
+    for k, (tokens, known) in enumerate(seen):
+        assert known.sum(1).tolist() == [L - m[k]] * n, (k, known.sum(1).tolist())
+        if k:  # once generated, a token stays known with the same value
+            prev_tokens, prev_known = seen[k - 1]
+            assert bool((known | ~prev_known).all()), k
+            assert torch.equal(tokens[prev_known], prev_tokens[prev_known]), f"step {k} overwrote a generated token"
+    last_tokens, last_known = seen[-1]
+    assert torch.equal(final[last_known], last_tokens[last_known]), "the last step overwrote a generated token"
+    assert bool((final.abs().sum(-1) > 0).all()), "a token was never generated"
+    # each step's head calls carry exactly that step's new tokens: n * n_k rows, S calls
+    assert head_rows == [n * c for c in tokens_per_step(L, K) for _ in range(S)]
+    assert tokens_per_step(L, K)[-1] == 4
+    # a random order: the first token generated differs between images
+    first = [tuple(row.nonzero().flatten().tolist()) for row in seen[1][1]]
+    assert len(set(first)) > 1
 
 
 # ------------------------------------------------------------------ the diffusion loss
@@ -174,20 +277,49 @@ def test_ancestral_token_sampler_recovers_a_point_mass(steps):
     assert x.dtype == torch.float64 and torch.allclose(x, c.expand(10, 4), atol=1e-6)
 
 
+class _LinearHead(nn.Module):
+    """A non-zero stub ``eps_theta(x_t | t, z) = 0.3 x_t + 0.1``: the no-noise chain then depends
+    on every step's ``abar``, so a wrong respacing changes it."""
+
+    def forward(self, xt, t, z):
+        return 0.3 * xt + 0.1
+
+
+def _ancestral_by_hand(schedule, taus, xT, deltas, tau):
+    """DDPM's ancestral chain written out from ``abar`` (float64): predicted ``x_0``, the
+    respaced posterior ``q(x_s | x_t, x_0)`` and ``tau`` times its standard deviation on the noise."""
+    abar = schedule.abar
+    x = xT
+    for k, (t, s) in enumerate(zip(reversed(taus), reversed([0] + taus[:-1]))):
+        ab_t, ab_s = float(abar[t]), float(abar[s])
+        eps = 0.3 * x + 0.1
+        x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+        beta = 1 - ab_t / ab_s
+        mean = math.sqrt(ab_s) * beta / (1 - ab_t) * x0 + math.sqrt(1 - beta) * (1 - ab_s) / (1 - ab_t) * x
+        var = (1 - ab_s) / (1 - ab_t) * beta
+        x = mean if s == 0 else mean + tau * math.sqrt(var) * deltas[k]
+    return x
+
+
 def test_temperature_scales_only_the_noise():
     schedule = NoiseSchedule.cosine(1000)
-    head = _Recorder()  # eps_theta = 0
-    cold = sample_tokens(head, schedule, torch.zeros(4, 2), 4, 5, 0.0, gen(0))
-    warm = sample_tokens(head, schedule, torch.zeros(4, 2), 4, 5, 1.0, gen(0))
-    # tau = 0: after the first step every step is deterministic given x_T
+    taus = space_timesteps(1000, 5).tolist()
+    assert taus == [1, 251, 501, 750, 1000]  # iDDPM's respacing rule, 1-based
+    z = torch.zeros(4, 2, dtype=torch.float64)  # float64: the chain runs in z's dtype
+    out = {tau: sample_tokens(_LinearHead(), schedule, z, 3, 5, tau, gen(0)) for tau in (0.0, 0.5, 1.0)}
+    # the same draws, in the sampler's order: x_T, then one noise per step but the last (s = 0)
     g = gen(0)
-    xT = torch.randn(4, 4, generator=g)
-    ref = xT
-    taus = [1, 250, 500, 750, 1000]
-    for t, s in zip(reversed(taus), reversed([0] + taus[:-1])):
-        x0 = schedule.predict_x0(ref, t, torch.zeros_like(ref))
-        ref, _ = schedule.q_posterior(x0, ref, t, s)
-    assert torch.allclose(cold, ref, atol=1e-5) and not torch.allclose(cold, warm)
+    xT = torch.randn(4, 3, generator=g).double()
+    deltas = [torch.randn(4, 3, generator=g).double() for _ in range(4)]
+    for tau, x in out.items():  # (the stub is no denoiser: x_0 predicted at t = T is ~1e4)
+        ref = _ancestral_by_hand(schedule, taus, xT, deltas, tau)
+        assert torch.allclose(x, ref, rtol=1e-9, atol=1e-9), (tau, (x - ref).abs().max())
+    # the chain is linear in the noise: the noise's contribution at tau = 0.5 is half that at 1
+    # (tau, not tau^2), and tau = 0 is the deterministic chain from x_T
+    spread_half, spread_one = out[0.5] - out[0.0], out[1.0] - out[0.0]
+    assert float(spread_one.std()) > 0.1
+    assert torch.allclose(spread_half, 0.5 * spread_one, rtol=1e-6, atol=1e-8)
+    assert float(spread_half.std() / spread_one.std()) == pytest.approx(0.5, rel=1e-6)
 
 
 # ------------------------------------------------------------------ NFE: both networks counted
