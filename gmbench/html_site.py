@@ -334,8 +334,9 @@ def _runs_cell(recs: list[dict], names: dict[tuple, str]) -> tuple[str, str]:
 
 
 def _board_hook(board, names: dict[tuple, str]):
-    """Adds a *runs* column to a board's ranking table and a *record* column to tables with a
-    method and a seed column (the failed runs)."""
+    """Adds a *runs* column to a board's ranking table, a *record* column to tables with a
+    method and a seed column (the failed runs) and a *records* column to tables with a method
+    and a seeds column (settings without a value)."""
     from gmbench.leaderboard import REFERENCE, method_label
 
     def label(rec: dict) -> str:
@@ -363,6 +364,14 @@ def _board_hook(board, names: dict[tuple, str]):
                 match = [rec for rec in by_label.get(p[col], []) if str(rec["seed"]) == p[s]]
                 rows.append(r + [_runs_cell(match, names)] if match else r + [("—", None)])
             return head_html + ["record"], rows
+        if "seeds" in plain_head:  # settings without a value: the records of the seeds listed
+            s = plain_head.index("seeds")
+            rows = []
+            for r, p in zip(body_html, plain_body):
+                seeds = {x.strip() for x in p[s].split(",")}
+                match = [rec for rec in by_label.get(p[col], []) if str(rec["seed"]) in seeds]
+                rows.append(r + [_runs_cell(match, names)] if match else r + [("—", None)])
+            return head_html + ["records"], rows
         return head_html, body_html
 
     return hook

@@ -803,6 +803,14 @@ def render_board(board: Board, generator_version: str) -> str:
     lines += ["## Quality versus NFE", "",
               f"{m} on the test split (mean ± 95% interval over seeds of complete runs) per method and sampler.", ""]
     lines += [_nfe_table(board.by_nfe), ""]
+    unevaluated = _unevaluated_rows(board)
+    if unevaluated:
+        lines += ["## Settings without a value", "",
+                  "Runs that did not fail but recorded no value for these settings (blank above), with the "
+                  "reason their records give: a claim or a reader comparing at these settings has fewer seeds, "
+                  "or none.", ""]
+        lines += [tabulate(unevaluated, headers=["method", "seeds", "settings", "reason"], tablefmt="github",
+                           disable_numparse=True), ""]
     lines += ["## Quality versus sampling cost", "", f"![{m} against seconds per sample]({board.slug}.png)", ""]
     if board.curves:
         lines += ["## Quality against training compute", "",
@@ -816,6 +824,35 @@ def render_board(board: Board, generator_version: str) -> str:
                            tablefmt="github", disable_numparse=True), ""]
     lines += [footer(board.records, generator_version)]
     return "\n".join(lines) + "\n"
+
+
+def _unevaluated_rows(board: Board) -> list[list[str]]:
+    """(method, seeds, settings, reason) for the metric entries of runs that did not fail but
+    carry an error instead of a value (an evaluation cap reached, a sampler that raised),
+    grouped by method and reason; optional metrics that were skipped are not errors."""
+    groups: dict[tuple[str, str], dict] = {}
+    for rec in board.records:
+        if rec.get("status") == "failed":
+            continue
+        for e in rec.get("metrics") or []:
+            if e.get("value") is not None or not e.get("error"):
+                continue
+            where = f"{e['sampler']}@{e['nfe']}" if e.get("sampler") is not None else "model"
+            setting = where if e.get("name") in ("*", None) else f"{e['name']} at {where}"
+            g = groups.setdefault((method_label(rec), one_line(e["error"])), {"seeds": set(), "settings": set()})
+            g["seeds"].add(rec["seed"])
+            g["settings"].add(setting)
+    rows = []
+    for (method, reason), g in sorted(groups.items()):
+        rows.append([md_escape(method), ", ".join(str(s) for s in sorted(g["seeds"])),
+                     md_escape(", ".join(sorted(g["settings"], key=_setting_order))), md_escape(reason)])
+    return rows
+
+
+def _setting_order(setting: str) -> tuple:
+    """Settings by NFE, then name (``ddim@100`` after ``ddim@50``)."""
+    head, _, nfe = setting.rpartition("@")
+    return (int(nfe), head) if nfe.isdigit() else (math.inf, setting)
 
 
 def _guard_rows(board: Board) -> list[tuple[str, str, int]]:

@@ -121,6 +121,16 @@ def test_each_board_row_links_its_runs_records(tmp_path):
                      r'<a href="records/broken__8gaussians__tiny__s0.json">seed 0 \(failed\)</a>', failed)
 
 
+def test_settings_without_a_value_link_their_runs_records(tmp_path):
+    cap = "not evaluated: evaluation cap of 900s reached"
+    capped = make_record("capped", 1, {("swd", "euler", 10): 0.4, ("*", "euler", 100): None},
+                         entry_extra={("*", "euler", 100): {"error": cap}})
+    out = site(tmp_path, standard_records() + [capped])
+    section = (out / "8gaussians__tiny.html").read_text().split('id="settings-without-a-value"')[1]
+    assert re.search(r'<td>capped</td><td>1</td><td>euler@100</td><td>not evaluated: evaluation cap of 900s reached'
+                     r'</td><td class="runs"[^>]*><a href="records/capped__8gaussians__tiny__s1.json">seed 1</a>', section)
+
+
 def test_curve_pages_are_pages_linked_from_their_boards(tmp_path):
     out = site(tmp_path, standard_records() + crossing_records())
     curves = (out / "8gaussians__curves.html").read_text()

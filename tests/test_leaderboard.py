@@ -142,6 +142,22 @@ def test_quality_versus_nfe_table(tmp_path):
     assert slow[1] == "euler" and slow[2] == "" and slow[3].startswith("0.85 ± ") and slow[4].startswith("0.55 ± ")
 
 
+def test_settings_a_run_recorded_without_a_value_are_listed_with_the_reason(tmp_path):
+    cap = "not evaluated: evaluation cap of 900s reached"
+    recs = [make_record("slow", seed, {("swd", "euler", 10): 0.9, ("*", "euler", 50): None, ("*", "euler", 100): None},
+                        entry_extra={("*", "euler", 50): {"error": cap}, ("*", "euler", 100): {"error": cap}})
+            for seed in (0, 1)]
+    recs.append(make_record("fast", 0, {("swd", "direct", 1): 0.3, ("fid_inception", "direct", 1): None},
+                            entry_extra={("fid_inception", "direct", 1): {"skipped": "no Inception weights"}}))
+    write_leaderboards(recs, tmp_path, _registries())
+    page = (tmp_path / "8gaussians__tiny.md").read_text()
+    rows = [cells(r) for r in table_rows(page, "method|seeds|settings|reason")[2:]]
+    assert rows == [["slow", "0, 1", "euler@50, euler@100", cap]]  # by NFE; a skipped optional metric is no error
+    # a board whose runs recorded every setting has no such section
+    write_leaderboards(standard_records(), tmp_path / "clean", _registries())
+    assert "## Settings without a value" not in (tmp_path / "clean" / "8gaussians__tiny.md").read_text()
+
+
 def test_higher_is_better_metrics_rank_descending(tmp_path):
     reg = _registries(ScorePlugin())
     recs = [make_record(m, 0, {("score", "s", 1): v}, dataset="scored") for m, v in (("lo", 0.2), ("hi", 0.9), ("mid", 0.5))]
