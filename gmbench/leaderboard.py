@@ -830,7 +830,7 @@ def _unevaluated_rows(board: Board) -> list[list[str]]:
     """(method, seeds, settings, reason) for the metric entries of runs that did not fail but
     carry an error instead of a value (an evaluation cap reached, a sampler that raised),
     grouped by method and reason; optional metrics that were skipped are not errors."""
-    groups: dict[tuple[str, str], dict] = {}
+    per_run: dict[tuple[str, str, object], set] = {}  # (method, reason, seed) -> settings
     for rec in board.records:
         if rec.get("status") == "failed":
             continue
@@ -839,14 +839,14 @@ def _unevaluated_rows(board: Board) -> list[list[str]]:
                 continue
             where = f"{e['sampler']}@{e['nfe']}" if e.get("sampler") is not None else "model"
             setting = where if e.get("name") in ("*", None) else f"{e['name']} at {where}"
-            g = groups.setdefault((method_label(rec), one_line(e["error"])), {"seeds": set(), "settings": set()})
-            g["seeds"].add(rec["seed"])
-            g["settings"].add(setting)
-    rows = []
-    for (method, reason), g in sorted(groups.items()):
-        rows.append([md_escape(method), ", ".join(str(s) for s in sorted(g["seeds"])),
-                     md_escape(", ".join(sorted(g["settings"], key=_setting_order))), md_escape(reason)])
-    return rows
+            per_run.setdefault((method_label(rec), one_line(e["error"]), rec["seed"]), set()).add(setting)
+    # seeds share a row only when they miss the same settings for the same reason
+    groups: dict[tuple[str, str, tuple], list] = {}
+    for (method, reason, seed), settings in per_run.items():
+        groups.setdefault((method, reason, tuple(sorted(settings, key=_setting_order))), []).append(seed)
+    return [[md_escape(method), ", ".join(str(s) for s in sorted(seeds)), md_escape(", ".join(settings)),
+             md_escape(reason)] for (method, reason, settings), seeds in
+            sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], min(kv[1])))]
 
 
 def _setting_order(setting: str) -> tuple:

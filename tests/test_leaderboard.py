@@ -149,10 +149,13 @@ def test_settings_a_run_recorded_without_a_value_are_listed_with_the_reason(tmp_
             for seed in (0, 1)]
     recs.append(make_record("fast", 0, {("swd", "direct", 1): 0.3, ("fid_inception", "direct", 1): None},
                             entry_extra={("fid_inception", "direct", 1): {"skipped": "no Inception weights"}}))
+    recs.append(make_record("slow", 2, {("swd", "euler", 10): 0.8, ("swd", "euler", 50): 0.6, ("*", "euler", 100): None},
+                            entry_extra={("*", "euler", 100): {"error": cap}}))  # got one setting further
     write_leaderboards(recs, tmp_path, _registries())
     page = (tmp_path / "8gaussians__tiny.md").read_text()
     rows = [cells(r) for r in table_rows(page, "method|seeds|settings|reason")[2:]]
-    assert rows == [["slow", "0, 1", "euler@50, euler@100", cap]]  # by NFE; a skipped optional metric is no error
+    # by NFE; seeds share a row only when they miss the same settings; a skipped optional metric is no error
+    assert rows == [["slow", "0, 1", "euler@50, euler@100", cap], ["slow", "2", "euler@100", cap]]
     # a board whose runs recorded every setting has no such section
     write_leaderboards(standard_records(), tmp_path / "clean", _registries())
     assert "## Settings without a value" not in (tmp_path / "clean" / "8gaussians__tiny.md").read_text()
