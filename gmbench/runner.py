@@ -252,7 +252,6 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     train_seconds, curve_s = None, [0.0]
     if spec.load:  # evaluate given weights: no training, no training cost claimed
         record["load"] = load_weights(method, spec.load)
-        method.train(False)  # evaluated as a trained run is: dropout off, batch norm on its running statistics
     else:
         policy = None
         if training_checkpoints is not None:
@@ -293,6 +292,9 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
             record["curve"] = record_curve(record["train"]["stages"], end, flops)
         if checkpoint_dir is not None:
             record["checkpoint"] = save_checkpoint(method, checkpoint_path(checkpoint_dir, spec), {"spec": spec.key()})
+    # evaluation in eval mode (dropout off, batch norm on its running statistics), however the
+    # model got here: loaded weights start in training mode, and the curve's last point restores it
+    method.train(False)
     autocast_sampling(method, spec.precision)
     t0 = time.perf_counter()
     profile = {"train_s": train_seconds, "curve_s": curve_s[0]}

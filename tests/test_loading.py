@@ -22,7 +22,8 @@ from gmbench.loading import LoadError, check_checkpoint_path
 from gmbench.records import sha256_file
 from gmbench.plugins import Registries, make_plugin_manager
 from gmbench.records import RunSpec, load_records
-from tests.plugins.faulty_methods import FaultsPlugin, Healthy
+from gmbench import hookimpl
+from tests.plugins.faulty_methods import FAULT_BUDGET, FaultsPlugin, Healthy
 
 SPEC = RunSpec("healthy", "8gaussians", "faults", 0)
 
@@ -92,6 +93,23 @@ def test_loaded_weights_are_evaluated_in_eval_mode(tmp_path):
     [loaded] = make_executor("local").run([replace(spec, load=trained["checkpoint"]["path"])], reg, tmp_path / "loaded")
     assert loaded["status"] == "ok", loaded["error"]
     assert values(loaded) == values(trained)
+
+
+def test_a_curve_does_not_leave_the_final_evaluation_in_training_mode(tmp_path):
+    # the curve's last point is taken after training and restored training mode; the final
+    # evaluation must not sample with dropout on (curve.py: a curve does not change the result)
+    class CurveBudget:
+        @hookimpl
+        def gmbench_register_budgets(self, register):
+            register(replace(FAULT_BUDGET, name="faults-curve", curve_fractions=(0.5,)))
+
+    reg = Registries(make_plugin_manager((FaultsPlugin(SamplesThroughDropout), CurveBudget()), load_entrypoints=False))
+    spec = replace(SPEC, method="dropout-samples")
+    plain, curved = (make_executor("local").run([replace(spec, budget=b)], reg, tmp_path / b)[0]
+                     for b in ("faults", "faults-curve"))
+    assert plain["status"] == curved["status"] == "ok", (plain["error"], curved["error"])
+    assert curved["curve"]
+    assert values(curved) == values(plain)
 
 
 def _evil_pickle(path: Path, marker: Path) -> Path:
