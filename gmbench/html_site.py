@@ -357,21 +357,15 @@ def _board_hook(board, names: dict[tuple, str]):
             seen["ranking"] = True
             rows = [r + [_runs_cell(by_label.get(p[col], []), names)] for r, p in zip(body_html, plain_body)]
             return head_html + ["runs"], rows
-        if "seed" in plain_head:
-            s = plain_head.index("seed")
-            rows = []
-            for r, p in zip(body_html, plain_body):
-                match = [rec for rec in by_label.get(p[col], []) if str(rec["seed"]) == p[s]]
-                rows.append(r + [_runs_cell(match, names)] if match else r + [("—", None)])
-            return head_html + ["record"], rows
-        if "seeds" in plain_head:  # settings without a value: the records of the seeds listed
-            s = plain_head.index("seeds")
+        seed_col = next((c for c in ("seed", "seeds") if c in plain_head), None)
+        if seed_col:  # failed runs (one seed a row) and settings without a value (seeds listed)
+            s = plain_head.index(seed_col)
             rows = []
             for r, p in zip(body_html, plain_body):
                 seeds = {x.strip() for x in p[s].split(",")}
                 match = [rec for rec in by_label.get(p[col], []) if str(rec["seed"]) in seeds]
                 rows.append(r + [_runs_cell(match, names)] if match else r + [("—", None)])
-            return head_html + ["records"], rows
+            return head_html + ["record" if seed_col == "seed" else "records"], rows
         return head_html, body_html
 
     return hook
