@@ -158,7 +158,10 @@ def test_dopri5_reaches_the_exact_flow_map():
 
     for budget in (SMOKE, SMALL):
         assert sampler_grid(method, budget)[-1] == ("dopri5", 100)
-    assert FlowMatching(TOY).likelihood_steps == 50 and FlowMatching(IMAGE).likelihood_steps == 8
+    # the likelihood ODE defaults to dopri5 at 1e-3 on both modalities (fixed RK4 steps did not converge)
+    for spec in (TOY, IMAGE):
+        m = FlowMatching(spec)
+        assert (m.likelihood_steps, m.likelihood_rtol, m.likelihood_atol) == ("adaptive", 1e-3, 1e-3)
 
 
 def test_images_are_clamped_and_sampling_is_seeded():
@@ -275,10 +278,13 @@ def test_samplers_run_a_time_dependent_field_forward_from_noise_at_t0(steps):
         assert np.abs(midpoint - exact).max() < 0.1 * np.abs(euler - exact).max()
 
 
-def test_exact_trace_likelihood_of_a_time_dependent_linear_flow():
+@pytest.mark.parametrize("solver", [{"likelihood_steps": 50},
+                                    {"likelihood_steps": "adaptive", "likelihood_rtol": 1e-7, "likelihood_atol": 1e-7}],
+                         ids=["rk4", "dopri5"])
+def test_exact_trace_likelihood_of_a_time_dependent_linear_flow(solver):
     """log p_1(x) = log N(z; 0, I) - int_0^1 div v dt = log N(expm(-2A) x; 0, I) - 2 tr(A): the
     flow expands volume by exp(tr(A) int a), so the density at the data end is lower by it."""
-    method = FlowMatching(TOY, model_size="tiny")  # likelihood_steps "auto": 50 RK4 steps on toy2d
+    method = FlowMatching(TOY, model_size="tiny", **solver)
     method.net = TimeLinearField(A2)
     x = 1.5 * torch.randn(200, 2, generator=gen(22), dtype=torch.float64)
     z = x @ torch.tensor(expm(-2 * A2)).T
@@ -324,7 +330,9 @@ def test_minibatch_ot_training_step_uses_the_paired_noise(monkeypatch):
 def test_bad_input_fails_with_one_line_messages():
     for kw, match in ((dict(path="ve"), "path must be one of"), (dict(coupling="ot"), "coupling must be one of"),
                       (dict(sigma_min=1.0), "sigma_min must be in"), (dict(vp_eps=0), "vp_eps must be in"),
-                      (dict(likelihood_steps=0), "likelihood_steps must be"), (dict(dopri5_rtol=0), "must be positive")):
+                      (dict(likelihood_steps=0), "likelihood_steps must be"), (dict(dopri5_rtol=0), "must be positive"),
+                      (dict(likelihood_steps="rk4"), "likelihood_steps must be 'auto', 'adaptive' or a positive integer"),
+                      (dict(likelihood_rtol=0), "likelihood_rtol and likelihood_atol must be positive")):
         with pytest.raises(ValueError, match=match):
             FlowMatching(TOY, **kw)
     method = FlowMatching(TOY, model_size="tiny")

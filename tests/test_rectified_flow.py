@@ -175,10 +175,13 @@ def test_straightness_of_known_fields():
     assert expected / float(z0.pow(2).sum(1).mean()) * 2 == pytest.approx(continuous, rel=0.05)
 
 
-def test_likelihood_of_a_linear_flow_is_the_gaussian_closed_form():
+@pytest.mark.parametrize("solver", [{"likelihood_steps": 50},
+                                    {"likelihood_steps": "auto", "likelihood_rtol": 1e-7, "likelihood_atol": 1e-7}],
+                         ids=["rk4", "dopri5"])
+def test_likelihood_of_a_linear_flow_is_the_gaussian_closed_form(solver):
     from scipy.linalg import expm
 
-    m = RectifiedFlow(TOY, model_size="tiny")
+    m = RectifiedFlow(TOY, model_size="tiny", **solver)
     m.net = LinearField(A2)
     M = expm(A2)
     x = torch.randn(100, 2, generator=gen(10), dtype=torch.float64) @ torch.tensor(M).T
@@ -194,7 +197,9 @@ def test_likelihood_of_a_linear_flow_is_the_gaussian_closed_form():
 def test_bad_input_fails_with_one_line_messages():
     for kw, match in ((dict(reflow="yes"), "reflow must be true or false"), (dict(flow_share=1.0), "flow_share must be in"),
                       (dict(pair_share=0), "pair_share must be in"), (dict(reflow_steps=0), "reflow_steps must be"),
-                      (dict(max_pairs=0), "max_pairs must be")):
+                      (dict(max_pairs=0), "max_pairs must be"),
+                      (dict(likelihood_steps=0), "likelihood_steps must be 'auto', 'adaptive' or a positive integer"),
+                      (dict(likelihood_atol=-1.0), "likelihood_rtol and likelihood_atol must be positive")):
         with pytest.raises(ValueError, match=match):
             RectifiedFlow(TOY, **kw)
     m = RectifiedFlow(TOY, model_size="tiny")

@@ -71,17 +71,23 @@ Images are clamped to the data range at the end only.
 Likelihood (§4.3, Appendix D.2): the instantaneous change of variables along the
 probability-flow ODE, ``log p_0(x) = log p_1(z(1)) + int_eps^1 div f~(x(t), t) dt`` with
 ``x(eps) = x`` (``eps = train_eps``, the code's likelihood ``eps``) and ``p_1`` the prior,
-through ``flow_matching.ode.ode_log_likelihood`` (classical RK4 with ``likelihood_steps``
-steps; ``"auto"``: toy2d 50, images 8, as flow-matching, for the same cost reasons). That helper
+through ``flow_matching.ode.ode_log_likelihood`` with torchdiffeq's Dormand-Prince 5(4)
+(``likelihood_steps="auto"`` = ``"adaptive"``, ``rtol = atol = likelihood_rtol / _atol``;
+an integer gives that many fixed RK4 steps instead). Fixed steps are not enough here: the VP
+flow is stiff near ``t = eps``, where the score of data on a quantisation grid is sharp, and 8
+RK4 steps (flow matching's image default, whose straight paths converge there) left the
+published ``small`` digits records at -4.7 bits/dim, an impossible value for a discrete
+likelihood (docs/claims_small.md). That helper
 integrates a flow from ``N(0, I)`` at time 0, so the ODE is run in reversed time
 ``u = 1 - t`` and, for VE, in coordinates scaled by ``1 / sigma_max`` (then
 ``- D log sigma_max``). On toy2d the divergence is the exact Jacobian trace (label
-``"exact"``: the density of the RK4-discretised flow); on images Hutchinson's estimate with one
+``"exact"``: the flow's density up to the solver's tolerance); on images Hutchinson's estimate with one
 Rademacher vector per example (label ``"estimate"``, unbiased). The host hands in uniformly
 dequantised pixels and converts to bits/dim of the discrete data (``gmbench.metrics.likelihood``);
 ``dequantize=True`` trains on dequantised pixels too (off by default, as the released
-configs' ``uniform_dequantization=False``). Deviation: the paper uses RK45 with tolerance
-1e-5 for likelihoods; fixed RK4 steps keep the evaluation's cost bounded on a CPU.
+configs' ``uniform_dequantization=False``). Deviation: the paper uses RK45 at ``rtol = atol =
+1e-5``; the default here is 1e-3 (``ode.DEFAULT_LIKELIHOOD_TOL``), measured against tighter tolerances in
+docs/methods/score-sde.md (``benchmarks/probe_ode_likelihood_steps.py``).
 
 Defaults for VE (``sde="ve"``): ``sigma_min = 0.01`` and ``sigma_max`` from the data, as the paper's
 CIFAR-10 settings relative to their data range [0, 1] (0.01 and 50, with 50 about the
@@ -134,7 +140,9 @@ class ScoreSDE(Method):
         grad_clip: gradient-norm clipping (the code clips at 1).
         ema_decay: EMA of the weights used for sampling and likelihood; 0 or None: off.
         ode_rtol, ode_atol: tolerances of ``ode-adaptive``.
-        likelihood_steps: RK4 steps of the likelihood ODE, or ``"auto"`` (toy2d 50, images 8).
+        likelihood_steps: RK4 steps of the likelihood ODE, ``"adaptive"`` (dopri5 at
+            ``likelihood_rtol`` / ``likelihood_atol``) or ``"auto"`` (adaptive).
+        likelihood_rtol, likelihood_atol: tolerances of the adaptive likelihood ODE.
         dequantize: train on uniformly dequantised pixels (images).
     """
 
@@ -174,6 +182,8 @@ class ScoreSDE(Method):
         ode_rtol: float = 1e-5,
         ode_atol: float = 1e-5,
         likelihood_steps: int | str = "auto",
+        likelihood_rtol: float = ode.DEFAULT_LIKELIHOOD_TOL,
+        likelihood_atol: float = ode.DEFAULT_LIKELIHOOD_TOL,
         dequantize: bool = False,
     ) -> None:
         super().__init__(data, model_size)
@@ -181,10 +191,8 @@ class ScoreSDE(Method):
             raise ValueError(f"score-sde: sde must be one of {SDE_NAMES}, got {sde!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"score-sde: ema_decay must be in [0, 1) or None, got {ema_decay!r}")
-        if likelihood_steps == "auto":
-            likelihood_steps = ode.DEFAULT_LIKELIHOOD_STEPS[data.modality]
-        if isinstance(likelihood_steps, bool) or not isinstance(likelihood_steps, int) or likelihood_steps < 1:
-            raise ValueError(f"score-sde: likelihood_steps must be 'auto' or a positive integer, got {likelihood_steps!r}")
+        likelihood_steps, likelihood_rtol, likelihood_atol = ode.likelihood_solver(
+            "score-sde", likelihood_steps, likelihood_rtol, likelihood_atol)
         if not 0.0 < float(train_eps) < 1.0:
             raise ValueError(f"score-sde: train_eps must be in (0, 1), got {train_eps!r}")
         sampling_eps = SAMPLING_EPS[sde] if sampling_eps is None else float(sampling_eps)
@@ -213,6 +221,7 @@ class ScoreSDE(Method):
         self.ema_decay = ema_decay or 0.0
         self.rtol, self.atol = float(ode_rtol), float(ode_atol)
         self.likelihood_steps = likelihood_steps
+        self.likelihood_rtol, self.likelihood_atol = likelihood_rtol, likelihood_atol
         self.trace = "exact" if data.modality == "toy2d" else "hutchinson"
         self.likelihood = "exact" if self.trace == "exact" else "estimate"
         self.clip_range = data.value_range if data.modality == "image" else None
@@ -345,7 +354,8 @@ class ScoreSDE(Method):
             return -self.pf_drift(net, c * z, 1.0 - float(u)) / c
 
         ll = ode.ode_log_likelihood(velocity, x / c, self.likelihood_steps, self.trace, generator,
-                                    t_end=1.0 - self.train_eps)
+                                    t_end=1.0 - self.train_eps, rtol=self.likelihood_rtol,
+                                    atol=self.likelihood_atol)
         return (ll - self.data.dims * math.log(c)).to(torch.float32)
 
 

@@ -48,15 +48,15 @@ Images come out clamped to the data range; nothing is clamped during integration
 
 Likelihood: the ODE's instantaneous change of variables (``ode.ode_log_likelihood``),
 ``log p_1(x) = log N(z(0)) - int_0^1 div v_theta(z(t), t) dt``, integrated backwards with
-``likelihood_steps`` classical RK4 steps (``"auto"``: 50 on toy2d, 8 on images, where each
-step is 4 network calls with a backward pass each: 27 s for the 359 digits test images on
-one CPU core at 8 steps, ~170 s at 50, past ``smoke``'s 120 s evaluation cap; on a
-``smoke``-trained digits model 4 steps gave 0.45 nats per image (0.010 bits/dim) more
-than 8, so the RK4 discretisation error at 8 steps is of that order or below). On toy2d the divergence is the exact
-Jacobian trace, and the instance's label is ``"exact"`` (the density of the discretised flow,
-up to RK4's discretisation error); on images it is Hutchinson's estimate with one fixed
+torchdiffeq's dopri5 at ``rtol = atol = 1e-3`` (``likelihood_steps="auto"`` = ``"adaptive"``,
+``ode.DEFAULT_LIKELIHOOD_TOL``; an integer gives that many classical RK4 steps, 4 network
+calls with a backward pass each). The old image default, 8 RK4 steps, was within 0.01
+bits/dim of 4 steps on a ``smoke``-trained digits model but 0.04 bits/dim below 32 steps at
+``small`` (docs/methods/flow-matching.md). On toy2d the divergence is the exact
+Jacobian trace, and the instance's label is ``"exact"`` (the flow's density up to the
+solver's tolerance); on images it is Hutchinson's estimate with one fixed
 Rademacher vector per example (FFJORD, arXiv 1810.01367), label ``"estimate"``: unbiased
-for the log-density of that same discretised flow.
+for the log-density of that same flow.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ class FlowMatching(Method):
         lr: Adam learning rate; None picks ``DEFAULT_LR`` for the modality.
         grad_clip: gradient-norm clipping.
         dopri5_rtol, dopri5_atol: tolerances of the adaptive sampler.
-        likelihood_steps: RK4 steps of the likelihood ODE, or ``"auto"`` (toy2d 50, images 8).
+        likelihood_steps: RK4 steps of the likelihood ODE, ``"adaptive"`` (dopri5 at
+            ``likelihood_rtol`` / ``likelihood_atol``) or ``"auto"`` (adaptive).
+        likelihood_rtol, likelihood_atol: tolerances of the adaptive likelihood ODE (1e-3).
     """
 
     name = "flow-matching"
@@ -124,6 +126,8 @@ class FlowMatching(Method):
         dopri5_rtol: float = 1e-5,
         dopri5_atol: float = 1e-5,
         likelihood_steps: int | str = "auto",
+        likelihood_rtol: float = ode.DEFAULT_LIKELIHOOD_TOL,
+        likelihood_atol: float = ode.DEFAULT_LIKELIHOOD_TOL,
     ) -> None:
         super().__init__(data, model_size)
         if path not in PATHS:
@@ -134,10 +138,8 @@ class FlowMatching(Method):
             raise ValueError(f"flow-matching: sigma_min must be in [0, 1), got {sigma_min!r}")
         if not 0.0 < float(vp_eps) < 1.0:
             raise ValueError(f"flow-matching: vp_eps must be in (0, 1), got {vp_eps!r}")
-        if likelihood_steps == "auto":
-            likelihood_steps = ode.DEFAULT_LIKELIHOOD_STEPS[data.modality]
-        if isinstance(likelihood_steps, bool) or not isinstance(likelihood_steps, int) or likelihood_steps < 1:
-            raise ValueError(f"flow-matching: likelihood_steps must be 'auto' or a positive integer, got {likelihood_steps!r}")
+        likelihood_steps, likelihood_rtol, likelihood_atol = ode.likelihood_solver(
+            "flow-matching", likelihood_steps, likelihood_rtol, likelihood_atol)
         if not (dopri5_rtol > 0 and dopri5_atol > 0):
             raise ValueError("flow-matching: dopri5_rtol and dopri5_atol must be positive")
         self.path, self.coupling = path, coupling
@@ -146,6 +148,7 @@ class FlowMatching(Method):
         self.grad_clip = grad_clip
         self.rtol, self.atol = float(dopri5_rtol), float(dopri5_atol)
         self.likelihood_steps = likelihood_steps
+        self.likelihood_rtol, self.likelihood_atol = likelihood_rtol, likelihood_atol
         # Exact trace is D backward passes per evaluation: cheap for 2-D points, not for images.
         self.trace = "exact" if data.modality == "toy2d" else "hutchinson"
         self.likelihood = "exact" if self.trace == "exact" else "estimate"
@@ -219,7 +222,8 @@ class FlowMatching(Method):
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = self.checked_input(x)
-        ll = ode.ode_log_likelihood(self.velocity, x, self.likelihood_steps, self.trace, generator, t_end=self.t_end)
+        ll = ode.ode_log_likelihood(self.velocity, x, self.likelihood_steps, self.trace, generator, t_end=self.t_end,
+                                    rtol=self.likelihood_rtol, atol=self.likelihood_atol)
         return ll.to(torch.float32)
 
 

@@ -44,8 +44,8 @@ dimensions, per trajectory, averaged). The host records it as the method's own m
 ``rf-reflow-straightens-toy2d`` compares 2-RF's with 1-RF's.
 
 Likelihood: as ``flow-matching`` (``ode.ode_log_likelihood``): the instantaneous change of
-variables integrated with ``likelihood_steps`` RK4 steps (``"auto"``: toy2d 50, images 8,
-for the cost reasons stated there); exact Jacobian trace on toy2d
+variables integrated with dopri5 at ``rtol = atol = 1e-3`` (``likelihood_steps="auto"``;
+an integer gives that many RK4 steps); exact Jacobian trace on toy2d
 (``"exact"``), Hutchinson's estimate on images (``"estimate"``, set on the instance).
 Images come out of the samplers clamped to the data range.
 """
@@ -82,7 +82,9 @@ class RectifiedFlow(Method):
         max_pairs: cap on the number of pairs (None: as many as the share pays for).
         lr: Adam learning rate (both stages); None picks ``DEFAULT_LR`` for the modality.
         grad_clip: gradient-norm clipping.
-        likelihood_steps: RK4 steps of the likelihood ODE, or ``"auto"`` (toy2d 50, images 8).
+        likelihood_steps: RK4 steps of the likelihood ODE, ``"adaptive"`` (dopri5 at
+            ``likelihood_rtol`` / ``likelihood_atol``) or ``"auto"`` (adaptive).
+        likelihood_rtol, likelihood_atol: tolerances of the adaptive likelihood ODE (1e-3).
     """
 
     name = "rectified-flow"
@@ -109,6 +111,8 @@ class RectifiedFlow(Method):
         lr: float | None = None,
         grad_clip: float | None = 1.0,
         likelihood_steps: int | str = "auto",
+        likelihood_rtol: float = ode.DEFAULT_LIKELIHOOD_TOL,
+        likelihood_atol: float = ode.DEFAULT_LIKELIHOOD_TOL,
     ) -> None:
         super().__init__(data, model_size)
         if not isinstance(reflow, bool):
@@ -117,15 +121,15 @@ class RectifiedFlow(Method):
             raise ValueError(f"rectified-flow: flow_share must be in (0, 1), got {flow_share!r}")
         if not 0.0 < float(pair_share) < 1.0:
             raise ValueError(f"rectified-flow: pair_share must be in (0, 1), got {pair_share!r}")
-        if likelihood_steps == "auto":
-            likelihood_steps = ode.DEFAULT_LIKELIHOOD_STEPS[data.modality]
-        for what, value in (("reflow_steps", reflow_steps), ("likelihood_steps", likelihood_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"rectified-flow: {what} must be a positive integer, got {value!r}")
+        likelihood_steps, likelihood_rtol, likelihood_atol = ode.likelihood_solver(
+            "rectified-flow", likelihood_steps, likelihood_rtol, likelihood_atol)
+        if isinstance(reflow_steps, bool) or not isinstance(reflow_steps, int) or reflow_steps < 1:
+            raise ValueError(f"rectified-flow: reflow_steps must be a positive integer, got {reflow_steps!r}")
         if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1):
             raise ValueError(f"rectified-flow: max_pairs must be a positive integer or None, got {max_pairs!r}")
         self.reflow, self.flow_share, self.pair_share = reflow, float(flow_share), float(pair_share)
         self.reflow_steps, self.max_pairs, self.likelihood_steps = reflow_steps, max_pairs, likelihood_steps
+        self.likelihood_rtol, self.likelihood_atol = likelihood_rtol, likelihood_atol
         self.lr = DEFAULT_LR[data.modality] if lr is None else float(lr)
         self.grad_clip = grad_clip
         self.trace = "exact" if data.modality == "toy2d" else "hutchinson"
@@ -241,7 +245,8 @@ class RectifiedFlow(Method):
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = self.checked_input(x)
-        return ode.ode_log_likelihood(self.velocity, x, self.likelihood_steps, self.trace, generator).to(torch.float32)
+        return ode.ode_log_likelihood(self.velocity, x, self.likelihood_steps, self.trace, generator,
+                                      rtol=self.likelihood_rtol, atol=self.likelihood_atol).to(torch.float32)
 
 
 class Straightness(Metric):
