@@ -183,7 +183,10 @@ def ode_log_likelihood(velocity: Velocity, x: torch.Tensor, steps: int | str, tr
 
         ts = torch.tensor([t_end, 0.0], dtype=torch.float64, device=x.device)
         delta0 = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        zs, deltas = odeint(augmented, (x.detach().double(), delta0), ts, method="dopri5", rtol=rtol, atol=atol)
+        # step_t: land a step on t = 0 rather than step past it and interpolate back (a step
+        # beyond would evaluate the field outside the trained times)
+        zs, deltas = odeint(augmented, (x.detach().double(), delta0), ts, method="dopri5", rtol=rtol, atol=atol,
+                            options={"step_t": ts[1:]})
         return standard_normal_logp(zs[-1]) + deltas[-1]
     z = x.detach()
     delta = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
