@@ -86,7 +86,7 @@ Rademacher vector per example (label ``"estimate"``, unbiased). The host hands i
 dequantised pixels and converts to bits/dim of the discrete data (``gmbench.metrics.likelihood``);
 ``dequantize=True`` trains on dequantised pixels too (off by default, as the released
 configs' ``uniform_dequantization=False``). Deviation: the paper uses RK45 at ``rtol = atol =
-1e-5``; the default here is 1e-3 (``ode.DEFAULT_LIKELIHOOD_TOL``), measured against tighter tolerances in
+1e-5``; the default here is 1e-4 (``ode.DEFAULT_LIKELIHOOD_TOL``), measured against tighter tolerances in
 docs/methods/score-sde.md (``benchmarks/probe_ode_likelihood_steps.py``).
 
 Defaults for VE (``sde="ve"``): ``sigma_min = 0.01`` and ``sigma_max`` from the data, as the paper's

@@ -44,7 +44,7 @@ dimensions, per trajectory, averaged). The host records it as the method's own m
 ``rf-reflow-straightens-toy2d`` compares 2-RF's with 1-RF's.
 
 Likelihood: as ``flow-matching`` (``ode.ode_log_likelihood``): the instantaneous change of
-variables integrated with dopri5 at ``rtol = atol = 1e-3`` (``likelihood_steps="auto"``;
+variables integrated with dopri5 at ``rtol = atol = 1e-4`` (``likelihood_steps="auto"``;
 an integer gives that many RK4 steps); exact Jacobian trace on toy2d
 (``"exact"``), Hutchinson's estimate on images (``"estimate"``, set on the instance).
 Images come out of the samplers clamped to the data range.
@@ -84,7 +84,7 @@ class RectifiedFlow(Method):
         grad_clip: gradient-norm clipping.
         likelihood_steps: RK4 steps of the likelihood ODE, ``"adaptive"`` (dopri5 at
             ``likelihood_rtol`` / ``likelihood_atol``) or ``"auto"`` (adaptive).
-        likelihood_rtol, likelihood_atol: tolerances of the adaptive likelihood ODE (1e-3).
+        likelihood_rtol, likelihood_atol: tolerances of the adaptive likelihood ODE (1e-4).
     """
 
     name = "rectified-flow"
