@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +39,9 @@ from gmbench.records import SCHEMA_VERSION
 from gmbench.data.base import Dataset
 from gmbench.method import Method
 from gmbench.metrics.base import EvalContext, Metric, MetricSkipped, check_samples
+
+if TYPE_CHECKING:
+    from gmbench.eval_journal import EvalJournal
 
 DEFAULT_SAMPLING_PRECISION = "float32"
 
@@ -118,6 +122,7 @@ def evaluate(
     deadline: float | None = None,
     ctx: EvalContext | None = None,
     profile: dict | None = None,
+    journal: "EvalJournal | None" = None,
 ) -> tuple[list[dict], list[dict]]:
     """Return (metric entries, sampling costs).
 
@@ -128,7 +133,10 @@ def evaluate(
     estimate) with ``stderr`` for the model's likelihood; ``error`` or
     ``skipped`` replace a value that could not be computed. ``seconds`` is the
     time of the metric's whole group (shared by its outputs). ``profile``, if
-    given, receives the seconds spent per phase.
+    given, receives the seconds spent per phase. ``journal``
+    (:class:`gmbench.eval_journal.EvalJournal`) keeps each finished part, and gives back the
+    parts an interrupted attempt with the same weights finished (their measured seconds
+    count towards the cap and the profile).
     """
     device = method.device
     if ctx is None:
@@ -139,7 +147,8 @@ def evaluate(
     entries: list[dict] = []
     costs: list[dict] = []
     profile = profile if profile is not None else {}
-    start = time.monotonic()
+    # the parts an interrupted attempt finished have already spent their share of the cap
+    start = time.monotonic() - (journal.elapsed_s if journal is not None else 0.0)
     cap = budget.eval_cap_s
     deadline = deadline if deadline is not None else start + cap
 
@@ -147,28 +156,47 @@ def evaluate(
     grid = sampler_grid(method, budget)
     model_metrics = [m for m in metrics if m.kind == "model"]
     bar = progress.task(f"{method.name} eval", total=len(model_metrics) + len(grid), unit="setting")
-    for metric in model_metrics:
-        entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
-        bar.advance(note=metric.name)
-    profile["likelihood_s"] = time.monotonic() - start
+    done = journal.take_model() if journal is not None else None
+    if done is not None:  # computed by an interrupted attempt with the same weights
+        entries += done["entries"]
+        profile["likelihood_s"] = float(done["seconds"])
+        bar.advance(len(model_metrics), note="model metrics (resumed)")
+    else:
+        t0 = time.monotonic()
+        model_entries: list[dict] = []
+        for metric in model_metrics:
+            model_entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
+            bar.advance(note=metric.name)
+        profile["likelihood_s"] = time.monotonic() - t0
+        entries += model_entries
+        if journal is not None:
+            journal.record_model(model_entries, profile["likelihood_s"])
 
     sample_metrics = [m for m in metrics if m.kind == "samples"]
     profile.setdefault("sampling_s", 0.0)
     profile.setdefault("sample_metrics_s", 0.0)
     try:
         _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, seed, precision, deadline, cap,
-                          entries, costs, profile, bar)
+                          entries, costs, profile, bar, journal)
     finally:
         bar.close()
     return entries, costs
 
 
 def _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, seed, precision, deadline, cap,
-                      entries, costs, profile, bar) -> None:
+                      entries, costs, profile, bar, journal=None) -> None:
     """Each (sampler, NFE) setting: sample with counted cost, then every sample metric on test and val."""
     device = method.device
     for i, (sampler, nfe) in enumerate(grid):
         bar.advance(1 if i else 0, note=f"{sampler}@{nfe}")  # the previous setting is done, however it ended
+        done = journal.take_cell(sampler, nfe) if journal is not None else None
+        if done is not None:  # finished by an interrupted attempt with the same weights
+            entries += done["entries"]
+            if done["cost"] is not None:
+                costs.append(done["cost"])
+            profile["sampling_s"] += float(done["sampling_s"])
+            profile["sample_metrics_s"] += float(done["metrics_s"])
+            continue
         if time.monotonic() > deadline:
             # Keep what was measured; the settings not reached are recorded as such
             # (a run none of whose settings was reached fails in the runner).
@@ -183,21 +211,31 @@ def _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, se
         except NFEMismatch:
             raise  # the run misreports its cost: not a result to show
         except Exception as exc:  # noqa: BLE001 - a broken sampler is data, not a crash
-            entries.append({"name": "*", "sampler": sampler, "nfe": nfe, "value": None, "error": one_line(exc)})
+            failed = [{"name": "*", "sampler": sampler, "nfe": nfe, "value": None, "error": one_line(exc)}]
+            entries += failed
+            sampling_s = time.monotonic() - t0
+            profile["sampling_s"] += sampling_s
+            if journal is not None:
+                journal.record_cell(sampler, nfe, failed, None, sampling_s, 0.0)
             continue
-        finally:
-            profile["sampling_s"] += time.monotonic() - t0
+        sampling_s = time.monotonic() - t0
+        profile["sampling_s"] += sampling_s
         cost["sampling_precision"] = precision
         costs.append(cost)
         samples = samples.cpu()
         t0 = time.monotonic()
+        scored = []
         for metric in sample_metrics:
             for split_ctx in (ctx, val_ctx):
                 for e in _run_metric(metric, split_ctx, sampler=sampler, nfe=nfe, samples=samples):
                     e["sampling_precision"] = precision
                     e["nfe_counted"] = cost["nfe_counted"]
-                    entries.append(e)
-        profile["sample_metrics_s"] += time.monotonic() - t0
+                    scored.append(e)
+        entries += scored
+        metrics_s = time.monotonic() - t0
+        profile["sample_metrics_s"] += metrics_s
+        if journal is not None:
+            journal.record_cell(sampler, nfe, scored, cost, sampling_s, metrics_s)
     if grid:
         bar.advance()
 

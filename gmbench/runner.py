@@ -25,7 +25,8 @@ from gmbench.execution.precision import autocast, autocast_sampling
 from gmbench.loading import checkpoint_path, load_weights, save_checkpoint
 from gmbench.method import LIKELIHOOD_KINDS, MethodError, validate_method_class
 from gmbench.plugins import Registries
-from gmbench import checkpointing
+from gmbench import checkpointing, eval_journal
+from gmbench.eval_journal import EvalJournal, state_sha256
 from gmbench.checkpointing import CheckpointPolicy
 from gmbench.records import (SCHEMA_VERSION, RunSpec, SpecLock, finished, fingerprint, provenance, retire_record,
                              write_record)
@@ -190,6 +191,7 @@ def run_one(
             gc.collect()
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         write_record(out_dir, spec, record)
+        eval_journal.remove(checkpoint_folder(out_dir, spec))  # its values are in the record now
         if record["status"] != "incomplete":
             checkpointing.remove(checkpoint_folder(out_dir, spec))
     finally:
@@ -296,10 +298,18 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     # model got here: loaded weights start in training mode, and the curve's last point restores it
     method.train(False)
     autocast_sampling(method, spec.precision)
+    journal = None
+    if training_checkpoints is not None:  # what a killed attempt with these weights already evaluated
+        journal = EvalJournal.open(training_checkpoints, {"weights": state_sha256(method),
+                                                          "fingerprint": record["fingerprint"]})
     t0 = time.perf_counter()
     profile = {"train_s": train_seconds, "curve_s": curve_s[0]}
-    entries, sampling = evaluate(method, dataset, budget, metrics + own, spec.seed, ctx=ctx, profile=profile)
+    entries, sampling = evaluate(method, dataset, budget, metrics + own, spec.seed, ctx=ctx, profile=profile,
+                                 journal=journal)
     eval_seconds = time.perf_counter() - t0
+    if journal is not None and (journal.reused_model or journal.reused_cells):
+        record["eval_resumed"] = journal.summary()
+        eval_seconds += journal.reused_s  # the measured seconds of the parts taken over
     record["metrics"] = entries
     record["cost"] = {
         "params": method.num_parameters(),

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gmbench.eval_journal import EvalJournal, state_sha256
+from gmbench.method import SamplerInfo
 from gmbench.plugins import Registries, make_plugin_manager
 from gmbench.records import RunSpec, load_record, write_record
 from gmbench.runner import checkpoint_folder, expand, run_all, run_one
@@ -48,6 +50,26 @@ class DiesOnce(Noisy):
         return super().training_step(stage, batch, step)
 
 
+class DiesWhileSampling(Noisy):
+    """Two samplers over the NFE grid (2, 4): four settings, evaluated walk@2, walk-half@2, walk@4,
+    walk-half@4. SIGKILLed while drawing walk@4's evaluation samples the first time (a node
+    preempted during evaluation), fine afterwards. ``$GMBENCH_TEST_SAMPLE_LOG`` lists the
+    settings whose evaluation samples were drawn."""
+
+    name = "dies-sampling"
+    samplers = (SamplerInfo("walk"), SamplerInfo("walk-half", params={"scale": 0.5}))
+
+    def sample(self, n, sampler, nfe, generator):
+        marker, log = os.environ.get("GMBENCH_TEST_DIE_MARKER"), os.environ.get("GMBENCH_TEST_SAMPLE_LOG")
+        if n > 1 and log:  # not the host's one-sample warm-up and latency calls
+            with open(log, "a") as f:
+                f.write(f"{sampler}@{nfe}\n")
+        if n > 1 and (sampler, nfe) == ("walk", 4) and marker and not Path(marker).exists():
+            Path(marker).write_text("died")
+            os.kill(os.getpid(), 9)
+        return super().sample(n, "direct", 1, generator) * (0.5 if sampler == "walk-half" else 1.0)
+
+
 class Budgets:
     from gmbench import hookimpl
 
@@ -58,7 +80,8 @@ class Budgets:
 
 
 def registries():
-    return Registries(make_plugin_manager((FakePlugin(Noisy, DiesOnce), Budgets()), load_entrypoints=False))
+    return Registries(make_plugin_manager((FakePlugin(Noisy, DiesOnce, DiesWhileSampling), Budgets()),
+                                          load_entrypoints=False))
 
 
 def _values(record: dict) -> list:
@@ -129,6 +152,77 @@ def test_a_sigkilled_worker_resumes_from_its_checkpoint_bit_identically(tmp_path
     assert resumed["status"] == "ok" and resumed["resumed"] is True
     assert resumed["train"]["steps"] == whole["train"]["steps"]
     assert _values(resumed) == _values(whole)
+
+
+def test_a_run_killed_while_evaluating_resumes_without_redoing_the_settings_it_finished(tmp_path, monkeypatch):
+    """Killed (SIGKILL) while sampling its third setting: ``--resume`` takes the trained weights
+    from the stage-end checkpoint and the model metrics and two finished settings from the
+    evaluation journal, draws only the last two settings, and writes the uninterrupted run's
+    record values exactly."""
+    spec = RunSpec("dies-sampling", "8gaussians", "tiny-test", 0)
+    matrix = expand(registries(), plugins="dies-sampling", datasets="8gaussians", budget="tiny-test")
+    monkeypatch.delenv("GMBENCH_TEST_DIE_MARKER", raising=False)
+    monkeypatch.delenv("GMBENCH_TEST_SAMPLE_LOG", raising=False)
+    whole = run_all(matrix, registries(), tmp_path / "whole")[0]  # no marker: never dies
+    assert whole["status"] == "ok" and "eval_resumed" not in whole
+
+    out, marker, log = tmp_path / "killed", tmp_path / "died", tmp_path / "sampled.txt"
+    env = {**os.environ, "GMBENCH_TEST_DIE_MARKER": str(marker), "GMBENCH_TEST_SAMPLE_LOG": str(log),
+           "PYTHONPATH": str(ROOT)}
+    script = textwrap.dedent(f"""
+        from gmbench.runner import expand, run_all
+        from tests.test_preemption import registries
+        reg = registries()
+        run_all(expand(reg, plugins="dies-sampling", datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (out / spec.filename).exists()  # killed before writing a record
+    assert log.read_text().split() == ["walk@2", "walk-half@2", "walk@4"]
+    journal = json.loads((checkpoint_folder(out, spec) / "eval.json").read_text())
+    assert sorted(journal["cells"]) == ["walk-half@2", "walk@2"]
+    assert any(e["name"] == "test_nll" for e in journal["model"]["entries"])
+
+    log.unlink()
+    monkeypatch.setenv("GMBENCH_TEST_DIE_MARKER", str(marker))  # exists now: no second kill
+    monkeypatch.setenv("GMBENCH_TEST_SAMPLE_LOG", str(log))
+    resumed = run_all(matrix, registries(), out, resume=True)[0]
+    assert resumed["status"] == "ok" and resumed["resumed"] is True
+    assert log.read_text().split() == ["walk@4", "walk-half@4"]  # only what the killed attempt had not finished
+    assert resumed["eval_resumed"]["model_metrics"] is True and resumed["eval_resumed"]["settings"] == 2
+    assert _values(resumed) == _values(whole)  # bit-identical metrics
+    assert [(c["sampler"], c["nfe"]) for c in resumed["cost"]["sampling"]] == \
+        [(c["sampler"], c["nfe"]) for c in whole["cost"]["sampling"]]
+    assert not checkpoint_folder(out, spec).exists()  # journal and checkpoint gone with the ok record
+
+
+def test_an_evaluation_journal_is_used_only_with_the_weights_it_was_written_for(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    key = {"weights": state_sha256(net), "fingerprint": "abc"}
+    journal = EvalJournal.open(tmp_path, key)
+    journal.record_model([{"name": "test_nll", "value": 1.5}], 2.0)
+    journal.record_cell("euler", 10, [{"name": "swd", "value": 0.25}], {"sampler": "euler", "nfe": 10}, 3.0, 1.0)
+    again = EvalJournal.open(tmp_path, key)
+    assert again.elapsed_s == 6.0 and again.take_cell("euler", 10)["entries"][0]["value"] == 0.25
+    assert again.take_cell("euler", 20) is None and again.summary()["settings"] == 1
+
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-6  # trained further: not the weights the journal scored
+    other = EvalJournal.open(tmp_path, {**key, "weights": state_sha256(net)})
+    assert other.model is None and other.cells == {} and other.elapsed_s == 0.0
+    assert EvalJournal.open(tmp_path, {**key, "fingerprint": "another protocol"}).cells == {}
+
+    (tmp_path / "eval.json").write_text('{"version": 1, "key": ')  # torn by hand: ignored, not an error
+    assert EvalJournal.open(tmp_path, key).cells == {}
+
+
+def test_an_evaluation_journal_that_cannot_be_written_only_warns(tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    journal = EvalJournal.open(tmp_path / "not-a-folder", {"weights": "w", "fingerprint": "f"})
+    with pytest.warns(UserWarning, match="will start over"):
+        journal.record_model([], 0.1)
+    journal.record_cell("euler", 10, [], None, 0.1, 0.0)  # dropped quietly after the first warning
+    assert journal.broken
 
 
 def test_without_resume_a_leftover_checkpoint_is_discarded(tmp_path, real_caps):
