@@ -361,8 +361,11 @@ class StepMeter:
     def method(self) -> str:
         if self.every_step:
             return f"counted every step ({self.variation})" if self.variation else "counted every step"
+        # audits made, not planned: a stage stopped early (its wall-clock cap) made fewer
+        audits = (f"{self.audit_index} random audits" if self.audit_index >= self.planned_audits else
+                  f"{self.audit_index} of {self.planned_audits} planned random audits before it stopped")
         return (f"counted {self.counted_steps} of {self.steps} steps "
-                f"({len(self.first_costs)} first, {self.planned_audits} random audits, the last ones), constant cost confirmed")
+                f"({len(self.first_costs)} first, {audits}, the last ones), constant cost confirmed")
 
     # -- checkpointing --------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from gmbench.cli import main
@@ -87,3 +88,26 @@ def test_set_parses_method_hyperparameters():
     for bad in ("vae.iw_samples", "iw_samples=3", "gan.lr=1"):
         with pytest.raises(click.BadParameter):
             _parse_settings([bad], {"vae"})
+
+
+def test_ctrl_c_exits_130_with_one_line_saying_resume_continues(tmp_path, monkeypatch):
+    """Not click's "Aborted!" with exit 1, which the README reserves for bad input."""
+    import gmbench.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gmbench.runner, "run_all", interrupted)
+    res = CliRunner().invoke(main, ["run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.output and "--resume" in res.output and "Aborted" not in res.output
+
+
+@pytest.mark.parametrize("option, value", [("--grace", "-5"), ("--cpus-per-run", "0"), ("--gpus-per-run", "-1"),
+                                           ("--memory-cap-mb", "0")])
+def test_out_of_range_executor_options_stop_before_anything_starts(tmp_path, option, value):
+    res = CliRunner().invoke(main, ["run", "--plugins", "vae", "--datasets", "8gaussians", "--budget", "smoke",
+                                    "--out", str(tmp_path), option, value])
+    assert res.exit_code == 2 and "not in the range" in res.output and option in res.output
+    assert not any(tmp_path.iterdir())  # nothing was run

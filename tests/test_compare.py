@@ -137,6 +137,9 @@ def test_shared_only_compares_the_common_runs_and_counts_the_others(tmp_path):
     broken = [make_record("ddpm", 0, {}, status="failed", error="boom")] + cur[1:]
     res = gate(tmp_path / "5", base, broken, "--shared-only")
     assert res.exit_code == 1 and "FAILED" in res.output
+    # no run in both sets: a gate that compared nothing must not pass
+    res = gate(tmp_path / "6", base, cur[2:], "--shared-only")
+    assert res.exit_code == 2 and "nothing was compared" in res.output and "PASS" not in res.output
 
 
 def test_incomplete_runs_fail_like_failed_ones(tmp_path):

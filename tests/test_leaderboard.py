@@ -268,7 +268,9 @@ def test_one_board_per_dataset_and_budget(tmp_path):
 def test_bad_input_is_one_clear_line(tmp_path, setup, message):
     setup(tmp_path / "results")
     res = invoke("leaderboard", tmp_path / "results", "--out", tmp_path / "lb")
-    assert res.exit_code == 1
+    # unusable records: 2, as in `gmbench compare` and `gmbench claims`; a dataset this install
+    # does not have (its plugin is missing) is the environment's problem: 1
+    assert res.exit_code == (1 if "not registered" in message else 2)
     assert isinstance(res.exception, SystemExit), f"traceback instead of a message: {res.exception!r}"
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1

@@ -188,6 +188,17 @@ def test_audits_are_seeded_unpredictable_and_at_least_the_minimum():
     audits = [s for s in steps_a if warm_up <= s < a.steps - 2]
     block = (a.steps - warm_up) / 8
     assert [int((s - warm_up) // block) for s in audits] == list(range(8))
+    assert "(3 first, 8 random audits, the last ones)" in a.method
+
+
+def test_a_stage_stopped_early_reports_the_audits_it_made_not_those_planned():
+    meter = StepMeter(allowance=72.0 * 400, seed=0, min_audits=8)
+    net = torch.nn.Linear(4, 4)
+    while meter.steps < 60:  # stopped (a wall-clock cap) far short of its 400 steps
+        with meter.step():
+            net(torch.ones(2, 4))
+    assert meter.planned_audits == 8 and meter.audit_index < 8
+    assert f"{meter.audit_index} of 8 planned random audits before it stopped" in meter.method
 
 
 def test_constant_cost_extrapolation_equals_counting_every_step():

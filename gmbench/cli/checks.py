@@ -24,6 +24,8 @@ HOST_ARGUMENTS = ("self", "data", "model_size")
 
 #: exit status of `gmbench run` / `gmbench eval` when a run failed or is incomplete
 RUN_FAILED_EXIT = 3
+#: Ctrl-C: the shell's convention for SIGINT (128 + 2)
+INTERRUPTED_EXIT = 130
 
 
 # -- hyper-parameters ---------------------------------------------------------------------
@@ -139,6 +141,39 @@ def check_settings(reg, settings: dict[str, dict]) -> None:
             if not value_fits(value, by_name[key]):
                 raise click.BadParameter(f"{method}.{key}={_shown(value)}: expected {expected(by_name[key])}",
                                          param_hint="--set")
+
+
+def check_construction(reg, specs) -> None:
+    """Each method given ``--set`` values is built once per dataset with them (on the CPU, no
+    training), so a value its constructor rejects (``vae.iw_samples=-5``) or a learning rate
+    that is not positive stops the command with one line instead of leaving failed records."""
+    import math
+
+    from gmbench.data import make_dataset
+    from gmbench.evaluate import one_line
+
+    seen = set()
+    for spec in specs:
+        key = (spec.method, spec.dataset, spec.budget, spec.hparams)
+        if not spec.hparams or key in seen:
+            continue
+        seen.add(key)
+        shown = " ".join(f"{spec.method}.{k}={_shown(v)}" for k, v in spec.hparams)
+        try:
+            data = make_dataset(reg.datasets, spec.dataset).spec()
+        except Exception:  # noqa: BLE001 - the dataset's own problem: its runs report it
+            continue
+        try:
+            method = reg.methods.get(spec.method)(data, model_size=reg.budgets.get(spec.budget).model_size,
+                                                  **dict(spec.hparams))
+            for stage in method.stages():
+                for opt in stage.optimizers:
+                    if not (isinstance(opt.lr, (int, float)) and math.isfinite(opt.lr) and opt.lr > 0):
+                        raise ValueError(f"optimizer {opt.name!r} of stage {stage.name!r} gets learning rate {opt.lr!r}; "
+                                         "it must be a positive number")
+        except Exception as exc:  # noqa: BLE001 - whatever the plugin raises, one line
+            raise click.BadParameter(f"{shown}: {spec.method} on {spec.dataset} cannot be built with it: {one_line(exc)}",
+                                     param_hint="--set") from None
 
 
 def _shown(value) -> str:

@@ -31,7 +31,8 @@ def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all, sh
 
     Exits 1 if any metric got worse beyond its tolerance, or a run failed, is
     incomplete (stopped at its wall-clock cap) or disappeared (unless --shared-only); 2 if the
-    inputs cannot be compared (unreadable or malformed records, mixed protocols, a bad tolerance).
+    inputs cannot be compared (unreadable or malformed records, mixed protocols, a bad tolerance,
+    no run in both sets).
     """
     from gmbench.compare import DEFAULT_TOLERANCE, compare_records, parse_tolerances, render
     from gmbench.leaderboard import load_results, metric_directions
@@ -47,6 +48,11 @@ def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all, sh
                                  shared_only=shared_only)
     except RecordError as exc:
         raise InputError(str(exc)) from None
+    if result.runs == 0 and not result.failed:  # a gate that compared nothing must not pass
+        only = result.not_shared
+        raise InputError(f"no run is in both sets ({only.get('baseline', 0)} only in {baseline}, "
+                         f"{only.get('current', 0)} only in {current}): nothing was compared; give records of "
+                         "the same methods, datasets, budget and seeds")
     click.echo(render(result, fmt, show_all))
     if result.failed:
         click.get_current_context().exit(1)

@@ -6,7 +6,7 @@ import click
 
 
 class InputError(click.ClickException):
-    """A malformed record (wrongly typed fields): exit 2, as in `gmbench compare` and `gmbench claims`."""
+    """An unreadable or malformed record: exit 2, as in `gmbench compare` and `gmbench claims`."""
 
     exit_code = 2
 
@@ -33,12 +33,13 @@ def leaderboard(results, out_dir, allow_mixed, allow_dirty, allow_mixed_revision
     """Write one markdown board per (dataset, budget) from the records in RESULTS (directories or files),
     and one quality-against-training-compute page per dataset whose records carry curves."""
     from gmbench.cli.checks import check_writable_dir
-    from gmbench.leaderboard import MalformedRecordError, dedupe, load_results, write_leaderboards
+    from gmbench.leaderboard import dedupe, load_results, write_leaderboards
     from gmbench.plugins import Registries
+    from gmbench.records import RecordError
 
     try:
         records = load_results(results)
-    except MalformedRecordError as exc:  # a record with wrongly typed fields: unusable input, as in `gmbench compare`
+    except RecordError as exc:  # unreadable, not a record, or wrongly typed fields: unusable input, as in `gmbench compare`
         raise InputError(str(exc)) from None
     check_writable_dir(out_dir, "--out")
     _, dropped = dedupe(records)

@@ -26,13 +26,13 @@ from tabulate import tabulate
               help="local: this machine (in-process, or --jobs worker processes); ray: one Ray task per run.")
 @click.option("--jobs", type=int, default=None, help="Run N runs at a time in isolated worker processes (local executor).")
 @click.option("--ray-address", default=None, help="Existing Ray cluster (host:port or 'auto'); default starts a local Ray.")
-@click.option("--cpus-per-run", type=float, default=1, show_default=True, help="CPUs Ray reserves per run (and its torch threads).")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True, help="CPUs Ray reserves per run (and its torch threads).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch intra-op threads per run [default: the CPUs this process may use (affinity, cgroup quota) "
                    "divided by --jobs, or --cpus-per-run under Ray].")
-@click.option("--gpus-per-run", type=float, default=None, help="GPUs Ray reserves per run [default: 1 with --device cuda, else 0].")
-@click.option("--memory-cap-mb", type=int, default=None, help="Per-run memory cap in worker processes (address space beyond start-up).")
-@click.option("--grace", "grace_s", type=float, default=60, show_default=True,
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None, help="GPUs Ray reserves per run [default: 1 with --device cuda, else 0].")
+@click.option("--memory-cap-mb", type=click.IntRange(min=1), default=None, help="Per-run memory cap in worker processes (address space beyond start-up).")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=60, show_default=True,
               help="Seconds past a run's training + evaluation caps before its worker is killed as hung.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: autocast training forward passes and sampling (part of the fingerprint).")
@@ -85,6 +85,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     parsed_settings = _parse_settings(settings, {s.method for s in matrix.specs})
     checks.check_settings(reg, parsed_settings)
     matrix.specs = _apply_settings(matrix.specs, parsed_settings)
+    checks.check_construction(reg, matrix.specs)
     matrix.specs = _apply_fid_reference(reg, matrix.specs, fid_reference)
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
@@ -136,6 +137,10 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
             records = run_all(matrix, reg, out_dir, resume=resume, on_record=progress, executor=runner, force=force)
     except ExecutionError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:  # not click's "Aborted!" and exit 1, which means bad input here
+        click.echo(f"\ngmbench: interrupted; the finished runs' records are in {out_dir}, "
+                   "and `gmbench run ... --resume` with the same options continues the rest", err=True)
+        click.get_current_context().exit(checks.INTERRUPTED_EXIT)
     click.echo("")
     for b in budgets:  # one table per budget: runs of different budgets are never ranked together
         if len(budgets) > 1:

@@ -11,9 +11,10 @@ The component log-densities are computed as matrix products,
 
     sum_i (x_i - m_ki)^2 / s_ki^2 = x^2 @ p_k - 2 x @ (m_k p_k) + sum_i m_ki^2 p_ki,   p = 1 / s^2,
 
-because gmbench's FLOP meter counts matrix products: an elementwise
-formulation would do the same arithmetic unseen, and the budget could not
-hold it. The likelihood is exact (of the continuous, dequantised pixels, as
+because that is the cheap way to compute them: the (N, K) table costs three
+matrix products instead of an (N, K, D) broadcast. gmbench's meter counts both
+kinds of work (matrix products and element operations, docs/budgets.md), so the
+choice changes the speed, not what the budget holds. The likelihood is exact (of the continuous, dequantised pixels, as
 gmbench's bits/dim metric expects), and sampling is ancestral (pick a
 component, add scaled noise), one evaluation.
 """
@@ -29,14 +30,14 @@ from gmbench.method import Method, OptimizerSpec, SamplerInfo, Stage
 
 #: mixture components per gmbench model-size preset.
 #:
-#: Why images only, and why so many components: a budget is FLOPs of matrix
-#: products, and a mixture's work per (example, component) pair is a matrix
-#: product over the dimensions (~12 d FLOPs with the backward pass) plus ~20
-#: elementwise operations the meter does not count. On 64-pixel digits the
-#: products dominate and a smoke budget takes seconds; on 2-D toy data the
-#: uncounted work dominates and the smoke budget's FLOPs would take minutes of
-#: elementwise work, past the wall-clock cap. More components mean fewer, larger
-#: steps for the same FLOPs, so less per-step overhead.
+#: Why images only, and why so many components: a mixture's work per (example,
+#: component) pair is a matrix product over the dimensions (~12 d FLOPs with the
+#: backward pass) plus ~20 element operations, all counted against the budget. On
+#: 64-pixel digits that is ~800 counted FLOPs of fast matrix work per pair and a
+#: smoke budget takes seconds; on 2-D toy data it is ~45, mostly element
+#: operations that run far slower per FLOP than a matrix product, so the smoke
+#: budget's FLOPs would take minutes, past the wall-clock cap. More components
+#: mean fewer, larger steps for the same FLOPs, so less per-step overhead.
 COMPONENTS = {"tiny": 2048, "small": 8192, "base": 32768, "large": 131072}
 
 
