@@ -84,6 +84,20 @@ def registries():
                                           load_entrypoints=False))
 
 
+def run_until_killed(method: str, out: Path, **env: str) -> None:
+    """Run ``method`` on 8gaussians at ``tiny-test`` in a child process that SIGKILLs itself
+    (a preempted node: no Python cleanup runs); ``env`` arms the method's kill switch."""
+    script = textwrap.dedent(f"""
+        from gmbench.runner import expand, run_all
+        from tests.test_preemption import registries
+        reg = registries()
+        run_all(expand(reg, plugins={method!r}, datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
 def _values(record: dict) -> list:
     return sorted((e["name"], e.get("split"), e["sampler"], e["nfe"], e["value"]) for e in record["metrics"])
 
@@ -133,16 +147,7 @@ def test_a_sigkilled_worker_resumes_from_its_checkpoint_bit_identically(tmp_path
 
     out = tmp_path / "killed"
     marker = tmp_path / "died"
-    env = {**os.environ, "GMBENCH_TEST_DIE_MARKER": str(marker), "GMBENCH_CHECKPOINT_EVERY_STEPS": "5",
-           "PYTHONPATH": str(ROOT)}
-    script = textwrap.dedent(f"""
-        from gmbench.runner import expand, run_all
-        from tests.test_preemption import registries
-        reg = registries()
-        run_all(expand(reg, plugins="dies-once", datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r})
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_until_killed("dies-once", out, GMBENCH_TEST_DIE_MARKER=str(marker), GMBENCH_CHECKPOINT_EVERY_STEPS="5")
     assert marker.exists() and not (out / spec.filename).exists()  # killed before writing a record
     sidecar = json.loads((checkpoint_folder(out, spec) / "state.json").read_text())
     assert sidecar["meter"]["steps"] == 5  # the last checkpoint before the kill at step 7
@@ -167,16 +172,7 @@ def test_a_run_killed_while_evaluating_resumes_without_redoing_the_settings_it_f
     assert whole["status"] == "ok" and "eval_resumed" not in whole
 
     out, marker, log = tmp_path / "killed", tmp_path / "died", tmp_path / "sampled.txt"
-    env = {**os.environ, "GMBENCH_TEST_DIE_MARKER": str(marker), "GMBENCH_TEST_SAMPLE_LOG": str(log),
-           "PYTHONPATH": str(ROOT)}
-    script = textwrap.dedent(f"""
-        from gmbench.runner import expand, run_all
-        from tests.test_preemption import registries
-        reg = registries()
-        run_all(expand(reg, plugins="dies-sampling", datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r})
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_until_killed("dies-sampling", out, GMBENCH_TEST_DIE_MARKER=str(marker), GMBENCH_TEST_SAMPLE_LOG=str(log))
     assert not (out / spec.filename).exists()  # killed before writing a record
     assert log.read_text().split() == ["walk@2", "walk-half@2", "walk@4"]
     journal = json.loads((checkpoint_folder(out, spec) / "eval.json").read_text())
