@@ -52,13 +52,21 @@ def test_bad_names_are_one_line_errors(tmp_path):
         assert sum(needle in line for line in res.output.splitlines()) == 1
 
 
-def test_hub_dataset_offline_fails_fast_as_a_failed_record(tmp_path):
-    res = CliRunner().invoke(main, ["run", "--plugins", "vae", "--datasets", "mnist", "--budget", "smoke", "--out", str(tmp_path)])
-    assert res.exit_code == 3, res.output  # a failed run: the documented exit status (tests/test_cli_checks.py)
-    assert res.output.strip().splitlines()[-1].startswith("gmbench: 0 ok, 1 failed")
-    (rec,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+def test_hub_dataset_offline_fails_fast_as_a_failed_record(tmp_path, monkeypatch):
+    """Through the runner (the API, and every executor) an uncached hub dataset is a failed record;
+    the CLI stops before that with one line (tests/test_cli_checks.py)."""
+    from gmbench.plugins import Registries
+    from gmbench.runner import expand, run_all
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    reg = Registries()
+    (rec,) = run_all(expand(reg, plugins="vae", datasets="mnist", budget="smoke"), reg, tmp_path)
     assert rec["status"] == "failed"
     assert "needs a download" in rec["error"] and "digits" in rec["error"]
+    assert json.loads(next(tmp_path.glob("*.json")).read_text())["status"] == "failed"
+    res = CliRunner().invoke(main, ["run", "--plugins", "vae", "--datasets", "mnist", "--budget", "smoke",
+                                    "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 1 and "needs a download" in res.output and not (tmp_path / "cli").exists()
 
 
 def test_run_smoke_end_to_end_and_resume(tmp_path):

@@ -86,10 +86,14 @@ def test_run_exit_code_says_whether_every_run_finished_ok(tmp_path, monkeypatch,
 
 
 def test_a_sweep_where_every_run_failed_exits_3(tmp_path):
-    # hub data offline fails at once, without training: a real failed record
-    res = invoke("run", "--plugins", "vae", "--datasets", "mnist", "--budget", "smoke", "--out", tmp_path)
+    # a folder whose "images" do not decode fails at once, without training: a real failed record
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    for name in ("x.png", "y.png"):
+        (tmp_path / "images" / "a" / name).write_text("not an image")
+    res = invoke("run", "--plugins", "vae", "--datasets", f"imagefolder:{tmp_path / 'images'}", "--budget", "smoke",
+                 "--out", tmp_path / "r")
     assert res.exit_code == RUN_FAILED_EXIT, res.output
-    assert "FAILED" in res.output and "needs a download" in res.output
+    assert "FAILED" in res.output and "cannot identify image file" in res.output
     assert res.output.strip().splitlines()[-1].startswith("gmbench: 0 ok, 1 failed, 0 incomplete")
 
 
@@ -340,3 +344,31 @@ def test_records_written_by_gmbench_pass_validation():
 
     for rec in standard_records() + [make_record("m", 1, {("swd", "s", 1): None}, status="failed", error="x")]:
         validate_record(rec)
+
+
+def test_an_uncached_hub_dataset_offline_is_one_line_before_any_run(tmp_path, no_work, monkeypatch):
+    import gmbench.data.hub as hub
+    from gmbench.errors import DatasetUnavailableError
+
+    opened = []
+
+    def not_cached(label, path, split, **kwargs):
+        opened.append((label, path, split))
+        raise DatasetUnavailableError(f"dataset {label!r} ({path}) needs a download or a copy in the HuggingFace cache")
+
+    monkeypatch.setattr(hub, "_load_hf", not_cached)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for name, plugins in (("mnist", "vae"), ("tiny_shakespeare", "mdlm")):
+        res = invoke("run", "--plugins", plugins, "--datasets", name, "--budget", "smoke", "--out", tmp_path / "r")
+        assert res.exit_code == 1, res.output
+        one_line_error(res, f"dataset {name!r}")
+    assert [o[0] for o in opened] == ["mnist", "tiny_shakespeare"] and {o[2] for o in opened} == {"train"}
+    assert not (tmp_path / "r").exists()
+    # embedded data is never looked up in the hub cache
+    opened.clear()
+    import gmbench.runner
+
+    monkeypatch.setattr(gmbench.runner, "run_all", lambda *a, **k: [])
+    res = invoke("run", "--plugins", "vae", "--datasets", "digits", "--budget", "smoke", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert opened == []

@@ -143,6 +143,32 @@ def check_settings(reg, settings: dict[str, dict]) -> None:
                                          param_hint="--set")
 
 
+def check_hub_datasets_cached(reg, specs) -> None:
+    """Offline, a HuggingFace hub dataset that is not in the local cache stops the command with
+    one line, instead of failing every run of it (opening a cached one is a memory map: cheap)."""
+    from gmbench.data import make_dataset
+    from gmbench.data.hub import _load_hf, hub_offline
+    from gmbench.errors import DatasetUnavailableError
+
+    if not hub_offline():
+        return
+    for name in sorted({s.dataset for s in specs}):
+        try:
+            dataset = make_dataset(reg.datasets, name)
+        except Exception:  # noqa: BLE001 - a dataset that cannot even be made: its runs say why
+            continue
+        if getattr(dataset, "data_files", None) is not None or not getattr(dataset, "hf_path", ""):
+            continue  # local files, or not a hub dataset
+        if getattr(dataset, "hf_path") in ("imagefolder", "text"):
+            continue
+        try:  # the hub copy's train split, as the image and the text loaders open it
+            _load_hf(name, dataset.hf_path, "train", cache_dir=getattr(dataset, "cache_dir", None))
+        except DatasetUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception:  # noqa: BLE001 - any other problem is the run's to record
+            continue
+
+
 def check_construction(reg, specs) -> None:
     """Each method given ``--set`` values is built once per dataset with them (on the CPU, no
     training), so a value its constructor rejects (``vae.iw_samples=-5``) or a learning rate

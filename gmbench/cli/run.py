@@ -86,6 +86,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     checks.check_settings(reg, parsed_settings)
     matrix.specs = _apply_settings(matrix.specs, parsed_settings)
     checks.check_construction(reg, matrix.specs)
+    checks.check_hub_datasets_cached(reg, matrix.specs)
     matrix.specs = _apply_fid_reference(reg, matrix.specs, fid_reference)
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
