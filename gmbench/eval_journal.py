@@ -10,8 +10,12 @@ finished.
 
 The journal is ``eval.json`` in the run's checkpoint folder, rewritten atomically (temporary
 file, then rename) after the model metrics and after each setting, so a kill leaves either the
-old or the new file, never half of one. It is used only by an attempt with the same key: the
-sha256 of the trained state dict and the record's protocol fingerprint. Every reused value is
+old or the new file, never half of one. A part with an error (a setting cut by the evaluation
+cap, a likelihood stopped at its share of it, a sampler that ran out of memory) is not kept: the
+next attempt, perhaps with larger caps (``GMBENCH_CAP_SCALE``), tries it again. The journal is
+used only by an attempt with the same key: the sha256 of the trained state dict, the record's
+protocol fingerprint and its provenance (code revision, versions, device, threads), and
+whether deterministic algorithms are on. Every reused value is
 then one the attempt would compute itself: each setting samples from its own seeded generator
 (:func:`gmbench.evaluate._sample_and_score`) and methods draw sampling randomness only from it
 (the :meth:`~gmbench.method.Method.sample` contract), so skipping the settings already done
@@ -35,8 +39,11 @@ FILENAME = "eval.json"
 def state_sha256(module: torch.nn.Module) -> str:
     """sha256 of a module's state dict: names, dtypes, shapes and raw bytes, in name order."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+    for name, value in sorted(module.state_dict().items()):
+        if not isinstance(value, torch.Tensor):  # a module's get_extra_state(): any picklable object
+            h.update(f"{name}|extra|{value!r}|".encode())
+            continue
+        t = value.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -105,11 +112,15 @@ class EvalJournal:
                           "an interrupted evaluation will start over", stacklevel=2)
 
     def record_model(self, entries: list[dict], seconds: float) -> None:
+        if any(e.get("error") for e in entries):  # cut by the cap, or failed: the next attempt retries
+            return
         self.model = {"entries": entries, "seconds": seconds}
         self.save()
 
     def record_cell(self, sampler: str, nfe: int, entries: list[dict], cost: dict | None,
                     sampling_s: float, metrics_s: float) -> None:
+        if cost is None or any(e.get("error") for e in entries):  # a failed sampler or metric: retried
+            return
         self.cells[cell_key(sampler, nfe)] = {"entries": entries, "cost": cost, "sampling_s": sampling_s,
                                              "metrics_s": metrics_s}
         self.save()

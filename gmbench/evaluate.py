@@ -213,11 +213,8 @@ def _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, se
         except Exception as exc:  # noqa: BLE001 - a broken sampler is data, not a crash
             failed = [{"name": "*", "sampler": sampler, "nfe": nfe, "value": None, "error": one_line(exc)}]
             entries += failed
-            sampling_s = time.monotonic() - t0
-            profile["sampling_s"] += sampling_s
-            if journal is not None:
-                journal.record_cell(sampler, nfe, failed, None, sampling_s, 0.0)
-            continue
+            profile["sampling_s"] += time.monotonic() - t0
+            continue  # not journaled: a resumed attempt tries it again
         sampling_s = time.monotonic() - t0
         profile["sampling_s"] += sampling_s
         cost["sampling_precision"] = precision

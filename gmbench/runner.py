@@ -300,8 +300,12 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     autocast_sampling(method, spec.precision)
     journal = None
     if training_checkpoints is not None:  # what a killed attempt with these weights already evaluated
-        journal = EvalJournal.open(training_checkpoints, {"weights": state_sha256(method),
-                                                          "fingerprint": record["fingerprint"]})
+        # ... on this machine and code (provenance: revision, versions, device, threads), so
+        # reused values and timings are the ones this attempt would measure
+        journal = EvalJournal.open(training_checkpoints, {
+            "weights": state_sha256(method), "fingerprint": record["fingerprint"],
+            "provenance": record["provenance"], "deterministic": torch.are_deterministic_algorithms_enabled(),
+        })
     t0 = time.perf_counter()
     profile = {"train_s": train_seconds, "curve_s": curve_s[0]}
     entries, sampling = evaluate(method, dataset, budget, metrics + own, spec.seed, ctx=ctx, profile=profile,

@@ -26,13 +26,19 @@ case "$LANES" in 1|2) ;; *) echo "publish_small.sh: LANES must be 1 or 2, not '$
 # publication short of its NFE-100 cells (two runs sharing two cores), so those claims went
 # untested. 4x lets a publication finish every cell; set GMBENCH_CAP_SCALE to override.
 export GMBENCH_CAP_SCALE=${GMBENCH_CAP_SCALE:-4}
-run() { gmbench run --budget small --seeds "$SEEDS" --jobs 1 --threads 1 --resume -q --allow-failures --out "$OUT" "$@"; }
+run() {
+  gmbench run --budget small --seeds "$SEEDS" --jobs 1 --threads 1 --resume -q --allow-failures --out "$OUT" "$@"
+  local rc=$?
+  [ $rc -gt "${WORST:-0}" ] && WORST=$rc
+  return 0  # the lane goes on to its next step; its exit status is the worst step's
+}
 
 TOY=8gaussians
 TEXT=synthlang
 IMAGE=digits
 
 lane_a() {
+  WORST=0
   # every text and toy run (the text claims need their ablations; PaperClaim cells such as
   # flow-matching[path=vp]), then the cheaper digits methods
   run --plugins ar,bd3lm,d3pm,mdlm,sedd --datasets $TEXT
@@ -54,9 +60,11 @@ lane_a() {
   run --plugins mar --datasets $IMAGE --set mar.loss=ce
   run --plugins mar --datasets $IMAGE --set mar.order=raster
   run --plugins vae,ncsn --datasets $IMAGE
+  return $WORST
 }
 
 lane_b() {
+  WORST=0
   # the digits runs of the methods with the most image claims (a run is 10-45 minutes)
   run --plugins score-sde --datasets $IMAGE
   run --plugins realnvp --datasets $IMAGE
@@ -70,15 +78,27 @@ lane_b() {
   run --plugins glow --datasets $IMAGE
   run --plugins glow --datasets $IMAGE --set glow.coupling=additive
   run --plugins realnvp --datasets $IMAGE --set realnvp.coupling=additive
+  return $WORST
 }
 
-gmbench floor --datasets $TOY,$TEXT,$IMAGE --budget small --seeds "$SEEDS" --out "$OUT"
+# Every step runs as a background job in its own process group (set -m) that the script waits
+# for, so Ctrl-C or a TERM to this script stops the runs under way, and nothing else, at once.
+set -m
+pids=()
+trap 'trap - INT TERM; [ ${#pids[@]} -gt 0 ] && kill -- "${pids[@]/#/-}" 2>/dev/null; exit 130' INT TERM
+gmbench floor --datasets $TOY,$TEXT,$IMAGE --budget small --seeds "$SEEDS" --out "$OUT" & pids=($!)
+wait $!; rf=$?
 if [ "$LANES" = 2 ]; then
   lane_a & a=$!
   lane_b & b=$!
-  trap 'kill 0' INT TERM  # Ctrl-C stops both lanes and their runs
-  wait $a; wait $b
+  pids=($a $b)
+  wait $a; ra=$?
+  wait $b; rb=$?
 else
-  lane_a
-  lane_b
+  lane_a & pids=($!)
+  wait $!; ra=$?
+  lane_b & pids=($!)
+  wait $!; rb=$?
 fi
+worst=$(( rf > ra ? rf : ra ))
+exit $(( worst > rb ? worst : rb ))  # a failed step in either lane fails the script

@@ -364,11 +364,22 @@ def test_an_uncached_hub_dataset_offline_is_one_line_before_any_run(tmp_path, no
         one_line_error(res, f"dataset {name!r}")
     assert [o[0] for o in opened] == ["mnist", "tiny_shakespeare"] and {o[2] for o in opened} == {"train"}
     assert not (tmp_path / "r").exists()
-    # embedded data is never looked up in the hub cache
+    # a run already done needs no data: `--resume` over finished records is not stopped
+    from gmbench.plugins import Registries
+    from gmbench.records import write_record
+    from gmbench.runner import expand, new_record
+
+    (spec,) = expand(Registries(), plugins="vae", datasets="mnist", budget="smoke").specs
+    write_record(tmp_path / "done", spec, {**new_record(spec), "status": "ok", "metrics": []})
     opened.clear()
     import gmbench.runner
 
-    monkeypatch.setattr(gmbench.runner, "run_all", lambda *a, **k: [])
+    monkeypatch.setattr(gmbench.runner, "run_all", lambda *a, **k: [])  # it would skip the run as done
+    res = invoke("run", "--plugins", "vae", "--datasets", "mnist", "--budget", "smoke", "--resume",
+                 "--out", tmp_path / "done")
+    assert res.exit_code == 0 and "already done" in res.output and opened == [], res.output
+    # embedded data is never looked up in the hub cache
+    opened.clear()
     res = invoke("run", "--plugins", "vae", "--datasets", "digits", "--budget", "smoke", "--out", tmp_path)
     assert res.exit_code == 0, res.output
     assert opened == []

@@ -212,6 +212,38 @@ def test_an_evaluation_journal_is_used_only_with_the_weights_it_was_written_for(
     assert EvalJournal.open(tmp_path, key).cells == {}
 
 
+def test_an_evaluation_journal_keeps_no_part_with_an_error(tmp_path):
+    """A likelihood cut at its share of the cap, a setting whose sampler or metric failed: a
+    resumed attempt (perhaps with larger caps) computes them again."""
+    journal = EvalJournal.open(tmp_path, {"weights": "w", "fingerprint": "f"})
+    journal.record_model([{"name": "likelihood", "value": None, "error": "not evaluated: the likelihood used up its share"}], 9.0)
+    journal.record_cell("euler", 10, [{"name": "*", "value": None, "error": "OutOfMemoryError: ..."}], None, 5.0, 0.0)
+    journal.record_cell("euler", 20, [{"name": "fid", "value": None, "error": "ValueError: boom"}], {"nfe": 20}, 5.0, 1.0)
+    assert journal.model is None and journal.cells == {} and not (tmp_path / "eval.json").exists()
+    journal.record_cell("euler", 50, [{"name": "fid", "value": 3.0}, {"name": "isc", "value": None, "skipped": "no weights"}],
+                        {"nfe": 50}, 5.0, 1.0)
+    assert list(EvalJournal.open(tmp_path, journal.key).cells) == ["euler@50"]
+
+
+def test_the_state_hash_covers_extra_state(tmp_path):
+    class WithExtra(torch.nn.Linear):
+        def __init__(self, tag):
+            super().__init__(2, 2)
+            self.tag = tag
+
+        def get_extra_state(self):
+            return {"tag": self.tag}
+
+        def set_extra_state(self, state):
+            self.tag = state["tag"]
+
+    torch.manual_seed(0)
+    a = WithExtra("a")
+    torch.manual_seed(0)
+    b = WithExtra("b")
+    assert state_sha256(a) != state_sha256(b) and state_sha256(a) == state_sha256(a)
+
+
 def test_an_evaluation_journal_that_cannot_be_written_only_warns(tmp_path):
     (tmp_path / "not-a-folder").write_text("")
     journal = EvalJournal.open(tmp_path / "not-a-folder", {"weights": "w", "fingerprint": "f"})

@@ -194,7 +194,11 @@ def check_construction(reg, specs) -> None:
                                                   **dict(spec.hparams))
             for stage in method.stages():
                 for opt in stage.optimizers:
-                    if not (isinstance(opt.lr, (int, float)) and math.isfinite(opt.lr) and opt.lr > 0):
+                    try:
+                        lr = float(opt.lr)
+                    except (TypeError, ValueError):
+                        lr = math.nan
+                    if not (math.isfinite(lr) and lr > 0):
                         raise ValueError(f"optimizer {opt.name!r} of stage {stage.name!r} gets learning rate {opt.lr!r}; "
                                          "it must be a positive number")
         except Exception as exc:  # noqa: BLE001 - whatever the plugin raises, one line

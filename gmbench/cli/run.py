@@ -64,6 +64,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
       1  bad input, nothing was run (one-line error; 2 for a malformed option)
       3  some run failed or is incomplete (its record says why);
          --allow-failures exits 0 instead
+      130  interrupted (Ctrl-C); --resume continues
     """
     from gmbench.cli import checks
     from gmbench.execution import ExecutionError, RunOptions, make_executor
@@ -86,7 +87,9 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     checks.check_settings(reg, parsed_settings)
     matrix.specs = _apply_settings(matrix.specs, parsed_settings)
     checks.check_construction(reg, matrix.specs)
-    checks.check_hub_datasets_cached(reg, matrix.specs)
+    from gmbench.records import finished  # runs already done need no data
+
+    checks.check_hub_datasets_cached(reg, [s for s in matrix.specs if force or not finished(out_dir, s)])
     matrix.specs = _apply_fid_reference(reg, matrix.specs, fid_reference)
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
