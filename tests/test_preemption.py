@@ -84,17 +84,23 @@ def registries():
                                           load_entrypoints=False))
 
 
-def run_until_killed(method: str, out: Path, **env: str) -> None:
-    """Run ``method`` on 8gaussians at ``tiny-test`` in a child process that SIGKILLs itself
-    (a preempted node: no Python cleanup runs); ``env`` arms the method's kill switch."""
+def run_in_child(method: str, out: Path, resume: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """Run ``method`` on 8gaussians at ``tiny-test`` in a fresh child process, as a command
+    (and a resumed command) would run; ``env`` arms the method's kill switch."""
     script = textwrap.dedent(f"""
         from gmbench.runner import expand, run_all
         from tests.test_preemption import registries
         reg = registries()
-        run_all(expand(reg, plugins={method!r}, datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r})
+        run_all(expand(reg, plugins={method!r}, datasets="8gaussians", budget="tiny-test"), reg, {str(out)!r},
+                resume={resume!r})
     """)
-    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+    return subprocess.run([sys.executable, "-c", script], env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
                           cwd=ROOT, capture_output=True, text=True)
+
+
+def run_until_killed(method: str, out: Path, **env: str) -> None:
+    """``run_in_child`` where the method SIGKILLs itself (a preempted node: no Python cleanup runs)."""
+    proc = run_in_child(method, out, **env)
     assert proc.returncode == -9, proc.stderr[-2000:]
 
 
@@ -180,9 +186,12 @@ def test_a_run_killed_while_evaluating_resumes_without_redoing_the_settings_it_f
     assert any(e["name"] == "test_nll" for e in journal["model"]["entries"])
 
     log.unlink()
-    monkeypatch.setenv("GMBENCH_TEST_DIE_MARKER", str(marker))  # exists now: no second kill
-    monkeypatch.setenv("GMBENCH_TEST_SAMPLE_LOG", str(log))
-    resumed = run_all(matrix, registries(), out, resume=True)[0]
+    # resumed in a fresh process, as `gmbench run --resume` is: the journal is keyed on the
+    # process's provenance (threads...), which tests run earlier in this process may have changed
+    proc = run_in_child("dies-sampling", out, resume=True, GMBENCH_TEST_DIE_MARKER=str(marker),  # exists: no kill
+                        GMBENCH_TEST_SAMPLE_LOG=str(log))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resumed = load_record(out / spec.filename)
     assert resumed["status"] == "ok" and resumed["resumed"] is True
     assert log.read_text().split() == ["walk@4", "walk-half@4"]  # only what the killed attempt had not finished
     assert resumed["eval_resumed"]["model_metrics"] is True and resumed["eval_resumed"]["settings"] == 2
