@@ -157,12 +157,11 @@ def check_hub_datasets_cached(reg, specs) -> None:
             dataset = make_dataset(reg.datasets, name)
         except Exception:  # noqa: BLE001 - a dataset that cannot even be made: its runs say why
             continue
-        if getattr(dataset, "data_files", None) is not None or not getattr(dataset, "hf_path", ""):
-            continue  # local files, or not a hub dataset
-        if getattr(dataset, "hf_path") in ("imagefolder", "text"):
-            continue
+        hf_path = getattr(dataset, "hf_path", "")
+        if getattr(dataset, "data_files", None) is not None or hf_path in ("", "imagefolder", "text"):
+            continue  # local files, a local folder builder, or not a hub dataset
         try:  # the hub copy's train split, as the image and the text loaders open it
-            _load_hf(name, dataset.hf_path, "train", cache_dir=getattr(dataset, "cache_dir", None))
+            _load_hf(name, hf_path, "train", cache_dir=getattr(dataset, "cache_dir", None))
         except DatasetUnavailableError as exc:
             raise click.ClickException(str(exc)) from None
         except Exception:  # noqa: BLE001 - any other problem is the run's to record
