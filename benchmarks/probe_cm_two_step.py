@@ -1,31 +1,81 @@
-"""Probe: CD's two-step samples on 8gaussians against the second time tau_1 (the sampler uses the Karras
-midpoint, 3.30). Retrains `consistency[mode=cd]` at `small`, seed 0, and scores 2,000 samples per tau_1
-against the validation split (sliced W2). An investigation aid for docs/claims_small.md, not a test.
+"""Probe: a consistency model's two-step samples on 8gaussians against the second time tau_1.
 
-    OMP_NUM_THREADS=1 python benchmarks/probe_cm_two_step.py
+The `twostep` sampler re-noises the one-step sample to tau_1 and maps it back once more. gmbench
+takes the Karras midpoint (3.30 on toy2d) unless `tau1` is set; the paper searches the times per
+model, one at a time by ternary search on FID (CM, arXiv 2303.01469, Sec. 6). This probe trains
+`consistency` (`--mode ct|cd`) at a budget and seed, then scores 5,000 two-step samples per tau_1
+against the **validation** split with sliced W2 (the toys' primary metric; never the test split):
+a fixed grid, and with `--search` a 13-point log-spaced grid over (eps, T) and a ternary search
+over ln tau_1 between the best grid point's neighbours, the same noise for every candidate
+(common random numbers) so that the objective is a smooth function of tau_1. It
+prints the value to pass as `--set consistency.tau1=...`. An investigation and tuning aid for
+docs/claims_small.md and docs/methods/consistency.md, not a test.
+
+    OMP_NUM_THREADS=1 python benchmarks/probe_cm_two_step.py [--mode cd] [--budget small] [--seed 0] [--search]
 """
-import math, torch
-from gmbench.budget import SMALL
+import argparse
+import math
+
+import torch
+
+from gmbench.budget import LARGE, SMALL, SMOKE, STANDARD
 from gmbench.data.toy2d import EightGaussians
 from gmbench.metrics.distances import sliced_wasserstein
 from gmbench.training import train
 from gmbench_methods.diffusion.consistency import ConsistencyModel
 
+BUDGETS = {b.name: b for b in (SMOKE, SMALL, STANDARD, LARGE)}
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--mode", default="cd", choices=["ct", "cd"])
+parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--search", action="store_true", help="ternary search of tau_1 on the validation split")
+parser.add_argument("--iterations", type=int, default=8, help="ternary-search iterations (2 candidates each)")
+parser.add_argument("-n", type=int, default=5000, help="samples per candidate (the validation split has 5,000)")
+args = parser.parse_args()
+
 data = EightGaussians()
 ref = data.split("val").x
-torch.manual_seed(0)
-m = ConsistencyModel(data.spec(), model_size="small", mode="cd")
-train(m, data.split("train").x, SMALL, "toy2d", torch.Generator().manual_seed(0))
+torch.manual_seed(args.seed)
+m = ConsistencyModel(data.spec(), model_size=BUDGETS[args.budget].model_size, mode=args.mode)
+train(m, data.split("train").x, BUDGETS[args.budget], "toy2d", torch.Generator().manual_seed(args.seed))
 m.train(False)
 net = m.sampling_net()
-def two_step(tau, n=2000, seed=1):
-    g = torch.Generator().manual_seed(seed)
+# common random numbers: the same prior draw and re-noising draw for every tau_1
+g = torch.Generator().manual_seed(1)
+z0, z1 = torch.randn(args.n, 2, generator=g), torch.randn(args.n, 2, generator=g)
+with torch.no_grad():
+    one_step = m.consistency_fn(net, m.T * z0, torch.full((args.n,), m.T))
+
+
+def score(tau: float | None) -> float:
+    if tau is None:
+        return sliced_wasserstein(one_step, ref)
     with torch.no_grad():
-        x = m.consistency_fn(net, m.T * torch.randn(n, 2, generator=g), torch.full((n,), m.T))
-        if tau is None:
-            return x
-        x = x + math.sqrt(tau**2 - m.eps**2) * torch.randn(n, 2, generator=g)
-        return m.consistency_fn(net, x, torch.full((n,), tau))
-print("sample_times(2):", m.sample_times(2))
-for tau in (None, 0.2, 0.5, 1.0, 2.0, 3.30):
-    print("tau_1", tau, "swd vs val %.3f" % sliced_wasserstein(two_step(tau), ref), flush=True)
+        x = one_step + math.sqrt(tau**2 - m.eps**2) * z1
+        return sliced_wasserstein(m.consistency_fn(net, x, torch.full((args.n,), tau)), ref)
+
+
+midpoint = m.sample_times(2)[1]
+print(f"consistency[mode={args.mode}] at {args.budget}, seed {args.seed}: eps {m.eps:g}, T {m.T:g}, "
+      f"Karras midpoint tau_1 {midpoint:.3f}")
+print(f"one step: swd vs val {score(None):.3f}")
+for tau in (0.2, 0.5, 1.0, 2.0, midpoint):
+    print(f"two steps, tau_1 {tau:7.3f}: swd vs val {score(tau):.3f}", flush=True)
+if args.search:
+    # sliced W2 of a few thousand samples is noisy (about +-0.01), so a bare ternary search can settle in a
+    # side dip: a log-spaced grid first, then ternary search between the best point's neighbours
+    grid = torch.linspace(math.log(m.eps * 1.01), math.log(m.T * 0.99), 13).tolist()
+    values = [score(math.exp(u)) for u in grid]
+    i = min(range(len(grid)), key=values.__getitem__)
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    for _ in range(args.iterations):
+        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        if score(math.exp(a)) <= score(math.exp(b)):
+            hi = b
+        else:
+            lo = a
+    best = math.exp((lo + hi) / 2)
+    print("grid:", ", ".join(f"{math.exp(u):.3g}: {v:.3f}" for u, v in zip(grid, values)))
+    print(f"search (13-point grid, then {args.iterations} ternary iterations): tau_1 {best:.3f}, "
+          f"swd vs val {score(best):.3f} -> --set consistency.tau1={best:.3g}")

@@ -305,6 +305,26 @@ def test_nfe_is_the_number_of_network_calls_and_multistep_keeps_the_law(sampler,
     assert bool(((var - 1.0).abs() < 0.04).all()), var  # std error of a variance here: 0.007
 
 
+def test_tau1_sets_the_two_step_time_and_the_law_follows_it():
+    """``tau1`` replaces the Karras midpoint at NFE 2 only, and the two-step sample is drawn at
+    that time: with f* of a point mass the mean keeps the share eps/T * eps/tau1 of the offset
+    (1/10 * 1/2 here; the midpoint, 3.48, would keep 1/35), the variance stays eps^2."""
+    method, c = point_mass_method("ct", sigma_min=1.0, sigma_max=10.0, tau1=2.0)
+    method.ema = None
+    default, _ = point_mass_method("ct", sigma_min=1.0, sigma_max=10.0)
+    assert method.sample_times(2) == [10.0, 2.0] and default.sample_times(2)[1] > 3.0
+    assert method.sample_times(3) == default.sample_times(3) and method.sample_times(1) == [10.0]
+    for sampler, nfe in (("twostep", 1), ("multistep", 2)):
+        method.net.calls = 0
+        x = method.sample(40_000, sampler, nfe, gen(7))
+        assert method.net.calls == 2
+        assert_close(x.mean(0), c * (1 - 1 / 20), atol=0.02, rtol=0)  # std error 0.005
+        assert bool(((x.var(0) - 1.0).abs() < 0.04).all())
+    for bad in (1.0, 10.0, 0.5, 11.0, True, "1.4"):
+        with pytest.raises(ValueError, match="tau1 must be a number between sigma_min and sigma_max"):
+            ConsistencyModel(TOY, model_size="tiny", sigma_min=1.0, sigma_max=10.0, tau1=bad)
+
+
 def test_sampling_is_deterministic_and_images_are_clipped():
     torch.manual_seed(0)
     method = ConsistencyModel(IMAGE, model_size="tiny")

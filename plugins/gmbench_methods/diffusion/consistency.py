@@ -96,7 +96,11 @@ released code's ``clip_denoised``):
   points of the Karras grid with ``S + 1`` points from ``T`` down to ``eps`` (``rho = 7``); then
   ``x = f(T z, T)`` and, for ``i = 1..S-1``, ``x <- f(x + sqrt(tau_i^2 - eps^2) z_i, tau_i)``.
   Two steps use ``tau_1 = ((T^(1/7) + eps^(1/7)) / 2)^7`` = 2.53 on images, 3.30 on toy2d (the
-  paper's searched 2-step times on ImageNet 64 map to 1.4 for CD and 1.9 for CT);
+  paper's searched 2-step times on ImageNet 64 map to 1.4 for CD and 1.9 for CT), or ``tau1``
+  when it is set. The paper searches the times per model (ternary search on FID, CM Sec. 6);
+  ``benchmarks/probe_cm_two_step.py --search`` does that search for ``tau_1`` on a toy's
+  validation split, and its result is passed as ``--set consistency.tau1=...``. The search is
+  not run inside a run: its samples would be unbudgeted training work;
 * ``twostep``: ``multistep`` at NFE 2, a sampler of its own because the budgets' NFE grids
   start at 10, and CM T1's claim compares 2 steps with 1.
 
@@ -189,6 +193,8 @@ class ConsistencyModel(Method):
         ema_decay: decay of the evaluation EMA (``min(ema_decay, (1+k)/(10+k))`` at step k);
             0 or None samples with the online weights.
         clip_denoised: clip images to the data range after each evaluation of ``f`` while sampling.
+        tau1: the second time of two-step sampling (``twostep``, ``multistep`` at NFE 2), in
+            ``(sigma_min, sigma_max)``; None: the Karras midpoint.
     """
 
     name = "consistency"
@@ -224,6 +230,7 @@ class ConsistencyModel(Method):
         grad_clip: float | None = 1.0,
         ema_decay: float | None = 0.9999,
         clip_denoised: bool = True,
+        tau1: float | None = None,
     ) -> None:
         super().__init__(data, model_size)
         if mode not in MODES:
@@ -251,12 +258,17 @@ class ConsistencyModel(Method):
                 raise ValueError(f"consistency: {what} must be in [0, 1), got {value!r}")
         if not 0.0 < float(teacher_share) < 1.0:
             raise ValueError(f"consistency: teacher_share must be in (0, 1), got {teacher_share!r}")
+        if tau1 is not None and (isinstance(tau1, bool) or not isinstance(tau1, (int, float))
+                                 or not self.eps < float(tau1) < self.T):
+            raise ValueError(f"consistency: tau1 must be a number between sigma_min and sigma_max "
+                             f"({self.eps:g} < tau1 < {self.T:g}) or None, got {tau1!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"consistency: ema_decay must be in [0, 1) or None, got {ema_decay!r}")
         self.mode, self.rho, self.distance = mode, float(rho), distance
         self.s0, self.s1, self.mu0 = s0, s1, float(mu0)
         self.cd_steps, self.cd_mu, self.teacher_share = cd_steps, float(cd_mu), float(teacher_share)
         self.total_steps = total_steps
+        self.tau1 = None if tau1 is None else float(tau1)
         self.p_mean, self.p_std = P_MEAN + math.log(self.sigma_data / SIGMA_DATA), P_STD
         self.lr = DEFAULT_LR[data.modality] if lr is None else float(lr)
         self.grad_clip = grad_clip
@@ -482,9 +494,11 @@ class ConsistencyModel(Method):
 
     def sample_times(self, nfe: int) -> list[float]:
         """``tau_0 = T > ... > tau_{S-1}``: the first ``S = nfe`` points of the Karras grid of
-        ``S + 1`` points from ``T`` down to ``eps``."""
+        ``S + 1`` points from ``T`` down to ``eps``; at ``S = 2``, ``[T, tau1]`` when ``tau1`` is set."""
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise MethodError(f"consistency: nfe must be a positive integer, got {nfe!r}")
+        if nfe == 2 and self.tau1 is not None:
+            return [self.T, self.tau1]
         return self.discretisation(nfe + 1).flip(0)[:nfe].tolist()
 
     def _randn(self, shape, generator: torch.Generator) -> torch.Tensor:
