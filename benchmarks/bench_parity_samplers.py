@@ -109,29 +109,7 @@ def cell(sample, ref: torch.Tensor, counter: CallCounter, repeats: int, n: int) 
     return values, calls[0]
 
 
-def fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--repeats", type=int, default=5, help="sampling seeds per cell")
-    parser.add_argument("-n", type=int, default=5000, help="samples per cell")
-    parser.add_argument("--steps", default="10,20,50,100", help="Score SDE steps N")
-    parser.add_argument("--cm-steps", default="1,2,3,5", help="consistency steps S ('' skips the consistency model)")
-    parser.add_argument("--extra-level", action="store_true",
-                        help="give diffusers' Score SDE chain N + 1 levels (one more call per step kind): its last "
-                             "step goes from sigma_min to 0, so N + 1 of its levels span the range N of gmbench's do")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    budget = BUDGETS[args.budget]
-    data = EightGaussians()
-    train_x, ref = data.split("train").x, data.split("test").x
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"budget {budget.name}, training seed {args.seed}, {args.repeats} sampling seeds, {args.n} samples")
-
+def score_sde_part(args, budget, data, train_x, ref) -> None:
     t0 = time.time()
     torch.manual_seed(args.seed)
     sde = ScoreSDE(data.spec(), model_size=budget.model_size, sde="ve")
@@ -152,8 +130,8 @@ def main() -> None:
                               ref, counter, args.repeats, args.n)
             print(f"| {name} | {steps} | {c1} / {c2} | {fmt(ours)} | {fmt(theirs)} |", flush=True)
 
-    if not args.cm_steps:  # --cm-steps '': Score SDE only
-        return
+
+def consistency_part(args, budget, data, train_x, ref) -> None:
     t0 = time.time()
     torch.manual_seed(args.seed)
     cm = ConsistencyModel(data.spec(), model_size=budget.model_size)
@@ -163,14 +141,47 @@ def main() -> None:
     counter = CallCounter(net)
     print(f"\n## consistency (CT, sigma_data {cm.sigma_data:g}, eps {cm.eps:g}, T {cm.T:g}), "
           f"trained in {time.time() - t0:.0f} s\n")
-    print("| S | times | calls per sample (gmbench / diffusers) | gmbench swd | diffusers swd |")
-    print("|---|---|---|---|---|")
+    print("| S | times | calls per sample (gmbench / diffusers) | gmbench swd | diffusers swd | max abs difference of the samples (seed 0) |")
+    print("|---|---|---|---|---|---|")
     for steps in map(int, args.cm_steps.split(",")):
         ours, c1 = cell(lambda s: cm.sample(args.n, "multistep", steps, torch.Generator().manual_seed(s)),
                         ref, counter, args.repeats, args.n)
         theirs, c2 = cell(lambda s: consistency_diffusers(cm, net, args.n, steps, s), ref, counter, args.repeats, args.n)
         times = ", ".join(f"{t:.3g}" for t in cm.sample_times(steps))
-        print(f"| {steps} | {times} | {c1} / {c2} | {fmt(ours)} | {fmt(theirs)} |", flush=True)
+        with torch.no_grad():
+            diff = (cm.sample(args.n, "multistep", steps, torch.Generator().manual_seed(0))
+                    - consistency_diffusers(cm, net, args.n, steps, 0)).abs().max().item()
+        print(f"| {steps} | {times} | {c1} / {c2} | {fmt(ours)} | {fmt(theirs)} | {diff:.2g} |", flush=True)
+
+
+
+def fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--repeats", type=int, default=5, help="sampling seeds per cell")
+    parser.add_argument("-n", type=int, default=5000, help="samples per cell")
+    parser.add_argument("--steps", default="10,20,50,100", help="Score SDE steps N ('' skips Score SDE)")
+    parser.add_argument("--cm-steps", default="1,2,3,5", help="consistency steps S ('' skips the consistency model)")
+    parser.add_argument("--extra-level", action="store_true",
+                        help="give diffusers' Score SDE chain N + 1 levels (one more call per step kind): its last "
+                             "step goes from sigma_min to 0, so N + 1 of its levels span the range N of gmbench's do")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    budget = BUDGETS[args.budget]
+    data = EightGaussians()
+    train_x, ref = data.split("train").x, data.split("test").x
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"budget {budget.name}, training seed {args.seed}, {args.repeats} sampling seeds, {args.n} samples")
+
+    if args.steps:  # --steps '': the consistency model only
+        score_sde_part(args, budget, data, train_x, ref)
+    if args.cm_steps:  # --cm-steps '': Score SDE only
+        consistency_part(args, budget, data, train_x, ref)
 
 
 if __name__ == "__main__":

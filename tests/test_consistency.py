@@ -305,20 +305,43 @@ def test_nfe_is_the_number_of_network_calls_and_multistep_keeps_the_law(sampler,
     assert bool(((var - 1.0).abs() < 0.04).all()), var  # std error of a variance here: 0.007
 
 
+def test_cd_samples_only_at_its_training_times():
+    """CD trains f at the N = cd_steps Karras times only, so its sampler's times are those of the
+    evenly spaced indices round(i (N-1) / S) into that grid, never eps (where f is the identity):
+    S = 2 is index 9 of 0..17 (2.59 on toy2d, not the off-grid midpoint 3.30), and from
+    S = N - 1 on every training time but eps is used once, so the calls stop growing."""
+    method = ConsistencyModel(TOY, model_size="tiny", mode="cd")
+    grid = karras_times(18, method.eps, method.T, 7.0).flip(0).tolist()  # T first
+    assert method.sample_times(1) == [80.0]
+    assert method.sample_times(2) == [80.0, grid[9]] and math.isclose(grid[9], 2.591, rel_tol=1e-3)
+    assert method.sample_times(3) == [80.0, grid[6], grid[11]]
+    for nfe in (5, 10, 17, 50):
+        times = method.sample_times(nfe)
+        assert set(times) <= set(grid[:-1]) and times == sorted(times, reverse=True)
+        assert len(times) == min(nfe, 17)
+    cd, _ = point_mass_method("cd")
+    cd.ema = None
+    cd.sample(8, "multistep", 50, gen())
+    assert cd.net.calls == 17
+    ct = ConsistencyModel(TOY, model_size="tiny")  # CT keeps the Karras grid of S + 1 points
+    assert ct.sample_times(2)[1] == pytest.approx(3.299, rel=1e-3) and len(ct.sample_times(50)) == 50
+
+
 def test_tau1_sets_the_two_step_time_and_the_law_follows_it():
     """``tau1`` replaces the Karras midpoint at NFE 2 only, and the two-step sample is drawn at
     that time: with f* of a point mass the mean keeps the share eps/T * eps/tau1 of the offset
-    (1/10 * 1/2 here; the midpoint, 3.48, would keep 1/35), the variance stays eps^2."""
-    method, c = point_mass_method("ct", sigma_min=1.0, sigma_max=10.0, tau1=2.0)
+    (1/10 * 1/1.2 = 1/12 here; the midpoint, 3.48, would keep 1/35: a mean off by 0.038 and
+    0.071 on the two coordinates, 7 and 14 standard errors), the variance stays eps^2."""
+    method, c = point_mass_method("ct", sigma_min=1.0, sigma_max=10.0, tau1=1.2)
     method.ema = None
     default, _ = point_mass_method("ct", sigma_min=1.0, sigma_max=10.0)
-    assert method.sample_times(2) == [10.0, 2.0] and default.sample_times(2)[1] > 3.0
+    assert method.sample_times(2) == [10.0, 1.2] and default.sample_times(2)[1] > 3.0
     assert method.sample_times(3) == default.sample_times(3) and method.sample_times(1) == [10.0]
     for sampler, nfe in (("twostep", 1), ("multistep", 2)):
         method.net.calls = 0
         x = method.sample(40_000, sampler, nfe, gen(7))
         assert method.net.calls == 2
-        assert_close(x.mean(0), c * (1 - 1 / 20), atol=0.02, rtol=0)  # std error 0.005
+        assert_close(x.mean(0), c * (1 - 1 / 12), atol=0.02, rtol=0)  # std error 0.005
         assert bool(((x.var(0) - 1.0).abs() < 0.04).all())
     for bad in (1.0, 10.0, 0.5, 11.0, True, "1.4"):
         with pytest.raises(ValueError, match="tau1 must be a number between sigma_min and sigma_max"):

@@ -494,11 +494,21 @@ class ConsistencyModel(Method):
 
     def sample_times(self, nfe: int) -> list[float]:
         """``tau_0 = T > ... > tau_{S-1}``: the first ``S = nfe`` points of the Karras grid of
-        ``S + 1`` points from ``T`` down to ``eps``; at ``S = 2``, ``[T, tau1]`` when ``tau1`` is set."""
+        ``S + 1`` points from ``T`` down to ``eps``; for CD those points snapped to its training
+        grid (fewer than ``S`` once ``S >= cd_steps - 1``); at ``S = 2``, ``[T, tau1]`` when
+        ``tau1`` is set."""
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise MethodError(f"consistency: nfe must be a positive integer, got {nfe!r}")
         if nfe == 2 and self.tau1 is not None:
             return [self.T, self.tau1]
+        if self.mode == "cd":
+            # CD trains f only at the N = cd_steps times of its grid, and between them f is whatever
+            # the network interpolates (docs/methods/consistency.md: off-grid two-step samples were
+            # far worse); the released code's multistep sampler takes indices into that grid too
+            grid = self.discretisation(self.cd_steps).flip(0).tolist()  # T first, eps last
+            last = self.cd_steps - 2  # never eps itself, where f is the identity
+            index = sorted({min(math.floor(i * (self.cd_steps - 1) / nfe + 0.5), last) for i in range(nfe)})
+            return [grid[k] for k in index]
         return self.discretisation(nfe + 1).flip(0)[:nfe].tolist()
 
     def _randn(self, shape, generator: torch.Generator) -> torch.Tensor:
