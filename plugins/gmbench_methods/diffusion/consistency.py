@@ -95,12 +95,18 @@ released code's ``clip_denoised``):
 * ``multistep`` (any NFE ``S``): times ``tau_0 = T > tau_1 > ... > tau_{S-1}``, the first ``S``
   points of the Karras grid with ``S + 1`` points from ``T`` down to ``eps`` (``rho = 7``); then
   ``x = f(T z, T)`` and, for ``i = 1..S-1``, ``x <- f(x + sqrt(tau_i^2 - eps^2) z_i, tau_i)``.
-  Two steps use ``tau_1 = ((T^(1/7) + eps^(1/7)) / 2)^7`` = 2.53 on images, 3.30 on toy2d (the
+  Two steps use ``tau_1 = ((T^(1/7) + eps^(1/7)) / 2)^7`` = 2.52 on images, 3.30 on toy2d (the
   paper's searched 2-step times on ImageNet 64 map to 1.4 for CD and 1.9 for CT), or ``tau1``
   when it is set. The paper searches the times per model (ternary search on FID, CM Sec. 6);
   ``benchmarks/probe_cm_two_step.py --search`` does that search for ``tau_1`` on a toy's
   validation split, and its result is passed as ``--set consistency.tau1=...``. The search is
-  not run inside a run: its samples would be unbudgeted training work;
+  not run inside a run: its samples would be unbudgeted training work.
+  CD trains ``f`` only at the ``N = cd_steps`` times of its grid, so its sampler takes each
+  time from that grid instead: indices ``round(i (N - 1) / S)`` counted from ``T``, never
+  ``eps`` (the released code's multistep sampler also indexes its grid). Two steps are then
+  2.59 on toy2d and 1.92 on images, and from ``S = N - 1`` on every inner time is used once
+  (``N - 1`` calls); off-grid times, where ``f`` was never trained, made CD's multistep
+  samples worse with every step (docs/methods/consistency.md);
 * ``twostep``: ``multistep`` at NFE 2, a sampler of its own because the budgets' NFE grids
   start at 10, and CM T1's claim compares 2 steps with 1.
 
