@@ -109,16 +109,22 @@ def cell(sample, ref: torch.Tensor, counter: CallCounter, repeats: int, n: int) 
     return values, calls[0]
 
 
-def score_sde_part(args, budget, data, train_x, ref) -> None:
+def trained(method, budget, train_x, seed: int) -> float:
+    """Train ``method`` through gmbench's loop at ``budget``; the seconds it took."""
     t0 = time.time()
+    train(method, train_x, budget, "toy2d", torch.Generator().manual_seed(seed))
+    method.train(False)
+    return time.time() - t0
+
+
+def score_sde_part(args, budget, data, train_x, ref) -> None:
     torch.manual_seed(args.seed)
     sde = ScoreSDE(data.spec(), model_size=budget.model_size, sde="ve")
-    train(sde, train_x, budget, "toy2d", torch.Generator().manual_seed(args.seed))
-    sde.train(False)
+    seconds = trained(sde, budget, train_x, args.seed)
     net = sde.denoiser()
     counter = CallCounter(net)
     print(f"\n## score-sde (VE, sigma {sde.sde.sigma_min:g}..{sde.sde.sigma_max:g}, snr {sde.snr:g}), "
-          f"trained in {time.time() - t0:.0f} s\n")
+          f"trained in {seconds:.0f} s\n")
     print("| sampler | N | calls per sample (gmbench / diffusers) | gmbench swd | diffusers swd |")
     print("|---|---|---|---|---|")
     for steps in map(int, args.steps.split(",")):
@@ -132,15 +138,13 @@ def score_sde_part(args, budget, data, train_x, ref) -> None:
 
 
 def consistency_part(args, budget, data, train_x, ref) -> None:
-    t0 = time.time()
     torch.manual_seed(args.seed)
     cm = ConsistencyModel(data.spec(), model_size=budget.model_size)
-    train(cm, train_x, budget, "toy2d", torch.Generator().manual_seed(args.seed))
-    cm.train(False)
+    seconds = trained(cm, budget, train_x, args.seed)
     net = cm.sampling_net()
     counter = CallCounter(net)
     print(f"\n## consistency (CT, sigma_data {cm.sigma_data:g}, eps {cm.eps:g}, T {cm.T:g}), "
-          f"trained in {time.time() - t0:.0f} s\n")
+          f"trained in {seconds:.0f} s\n")
     print("| S | times | calls per sample (gmbench / diffusers) | gmbench swd | diffusers swd | max abs difference of the samples (seed 0) |")
     print("|---|---|---|---|---|---|")
     for steps in map(int, args.cm_steps.split(",")):
