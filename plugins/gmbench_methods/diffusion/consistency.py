@@ -200,7 +200,7 @@ class ConsistencyModel(Method):
             0 or None samples with the online weights.
         clip_denoised: clip images to the data range after each evaluation of ``f`` while sampling.
         tau1: the second time of two-step sampling (``twostep``, ``multistep`` at NFE 2), in
-            ``(sigma_min, sigma_max)``; None: the Karras midpoint.
+            ``(sigma_min, sigma_max)``; None: the Karras midpoint (CT) or the nearest CD training time.
     """
 
     name = "consistency"
