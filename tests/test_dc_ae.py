@@ -121,14 +121,22 @@ def test_encoder_shortcut_path_gives_block_means(f):
         const = torch.full((2, *SPEC.shape), 0.25)
         zc = model.encode(const)
         torch.testing.assert_close(zc, torch.full_like(zc, 0.25))
-        dec = model.decoder
-        h = dec.stages(dec.project_in(zc) + channel_to_space(zc, dec.width, factor=1))
+        # through the decoder's own forward: what reaches its output norm is the shortcut's
+        seen = []
+        model.decoder.out_norm.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+        model.decode(zc)
+        (h,) = seen
+        assert h.shape[0] == 2 and h.shape[-2:] == SPEC.shape[1:]
         torch.testing.assert_close(h, torch.full_like(h, 0.25))
-    # the ablation has no such path: silenced, it maps everything to zero
+    # the ablation has no such path: silenced, it maps everything to zero, at both ends
     plain = DCAE(SPEC, model_size="tiny", f=f, residual=False)
     silence_learned_paths(plain)
+    seen = []
+    plain.decoder.out_norm.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     with torch.no_grad():
         assert torch.count_nonzero(plain.encode(x)) == 0
+        plain.decode(torch.full((2, *plain.latent_shape), 0.25))
+        assert torch.count_nonzero(seen[0]) == 0
     assert plain.num_parameters() == model.num_parameters()
 
 

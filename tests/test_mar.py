@@ -21,8 +21,8 @@ from gmbench.testing import MethodConformance
 from gmbench.training import train
 from gmbench_methods.autoregressive import mar as mar_module
 from gmbench_methods.autoregressive.diffloss import DiffusionHead, diffusion_loss, sample_tokens
-from gmbench_methods.autoregressive.mar import (CE_SAMPLERS, LATENT_DIFFUSION_SAMPLERS, MAR, generation_order, masked_counts, patchify, tokens_per_step,
-                                                truncnorm_mask_ratio, unpatchify)
+from gmbench_methods.autoregressive.mar import (CE_SAMPLERS, LATENT_DIFFUSION_SAMPLERS, MAR, cosine_mask_ratio, generation_order, masked_counts, patchify,
+                                                tokens_per_step, truncnorm_mask_ratio, unpatchify)
 from gmbench_methods.diffusion.schedules import NoiseSchedule, space_timesteps
 
 DIGITS = DataSpec(name="digits", modality="image", shape=(1, 8, 8), levels=17, value_range=(-1.0, 1.0))
@@ -161,6 +161,30 @@ def test_training_masks_the_last_m_of_each_order_with_one_ratio_per_batch(order,
             freq = ms.count(k) / steps
             assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / steps) + 1e-9, (k, freq, p)
         assert set(ms) == {12, 13, 14, 15, 16}  # ceil(16 r), r in [0.7, 1]
+
+
+def test_cosine_mask_schedule_draws_m_from_its_closed_form(monkeypatch):
+    """``mask_schedule="cosine"``: r = cos(pi u / 2), u ~ U(0, 1), so P(r <= c) = 1 - (2 / pi)
+    arccos(c) and E[r] = 2 / pi; a training step masks m = ceil(r L) tokens (at least one)."""
+    u = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert torch.allclose(cosine_mask_ratio(u), torch.cos(math.pi / 2 * u), atol=0, rtol=1e-15)
+    draws = cosine_mask_ratio(torch.rand(200_000, generator=gen(0), dtype=torch.float64))
+    assert abs(float(draws.mean()) - 2 / math.pi) < 3e-3
+    method = MAR(DIGITS, model_size="tiny", mask_schedule="cosine", ema_decay=None)
+    L, ms, steps = method.L, [], 400
+    monkeypatch.setattr(mar_module, "diffusion_loss",
+                        lambda head, schedule, x, z, mul, *a, **k: ms.append(x.shape[0] // 4) or torch.zeros(()))
+    torch.manual_seed(0)
+    batch = torch.rand(4, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        for step in range(steps):
+            method.training_step("mar", batch, step)
+    cdf = lambda c: 1 - 2 / math.pi * math.acos(min(1.0, max(0.0, c)))  # noqa: E731
+    for k in range(1, L + 1):
+        p = cdf(k / L) - cdf((k - 1) / L)
+        freq = ms.count(k) / steps
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / steps) + 1e-9, (k, freq, p)
+    assert min(ms) < 12  # the truncated Gaussian (the default) never masks fewer than 12 of 16
 
 
 # ------------------------------------------------------------------ orders
@@ -433,9 +457,12 @@ def test_any_image_dataset_through_the_imagefolder_path(tmp_path):
     assert (method.L, method.d) == (16, 48)
     budget = dataclasses.replace(SMOKE, train_flops={"image": 2e9}, batch_size={"image": 8})
     (report,) = train(method, ds.split("train").x, budget, "image", gen(1))
-    assert report.steps >= 1
+    assert report.steps >= 1 and report.flops > 0
     x = method.sample(3, "ddpm-s20", 2, gen(2))
-    assert x.shape == (3, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1
+    # the output is clamped to the data range, so the range says nothing; the colour channels
+    # must differ (a 3-channel dataset read as grey would repeat one) and the samples too
+    assert x.shape == (3, 3, 16, 16) and torch.isfinite(x).all()
+    assert not torch.equal(x[:, 0], x[:, 1]) and not torch.equal(x[0], x[1])
 
 
 # ------------------------------------------------------------------ learning

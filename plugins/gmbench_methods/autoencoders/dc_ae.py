@@ -53,7 +53,8 @@ of reconstructions of the held-out split against that split), listed in ``extra_
 ``(N, *latent_shape)``, ``decode(z) -> x`` (unclamped), ``reconstruct(x)`` (clamped to the data
 range), ``latent_shape``, ``reconstruction_loss(x) -> (loss, z)`` for training it as another
 method's first stage, and the latent moments ``latent_mean()`` / ``latent_std()`` (per latent
-element, from the running fit) for scaling the latents. See ``docs/methods/dc-ae.md``.
+element, from the running fit that ``latent-gaussian`` samples; ``ldm`` and ``mar`` scale by one
+scalar ``1 / sigma_hat`` instead, as LDM does). See ``docs/methods/dc-ae.md``.
 """
 
 from __future__ import annotations
@@ -246,9 +247,9 @@ class ReconstructionQuality(Metric):
     It is a *method-specific* metric: the methods that report it list it in their class attribute
     ``extra_metrics``. ``applies_to`` is False so that, registered for its outputs' directions
     (boards and ``gmbench claims`` read them from the metric registry), it neither runs for nor
-    enters the protocol fingerprint of every image run. The host does not read ``extra_metrics``
-    yet (the core change the dc-ae report asks for); ``evaluate(..., metrics + list(DCAE.extra_metrics))``
-    scores it today.
+    enters the protocol fingerprint of every image run. The host scores a method's
+    ``extra_metrics`` after the shared metrics (``gmbench/runner.py``) and records them under
+    ``method_metrics``.
     """
 
     name = "reconstruction"

@@ -26,8 +26,9 @@ Network (the paper's VQGAN-style convolutional autoencoder, smaller): encoder ``
 1x1 conv`` (the released ``quant_conv``), decoder ``1x1 conv (post_quant_conv) -> conv3x3 ->
 ResBlocks -> [nearest x2 + conv3x3, ResBlocks] x log2(f) -> GroupNorm -> SiLU -> conv3x3``.
 ResBlocks, down- and up-sampling are the shared U-Net's (:mod:`gmbench.backbones.unet`,
-GroupNorm-SiLU-conv with no time embedding); widths ``channels * channel_mult[i]`` and
-blocks per level from the U-Net preset at the budget's size (tiny: 32, 64; 1 block). The
+GroupNorm-SiLU-conv with no time embedding); widths ``base * channel_mult[i]`` and
+blocks per level from the U-Net preset at the budget's size; ``ldm`` passes its ``ae_channels``
+as ``base`` (``"auto"``: half the preset's ``channels``, so tiny: 16, 32; 1 block). The
 paper's middle self-attention blocks are left out (CPU scale; at 4x4 latents they would
 mix 16 positions).
 """
