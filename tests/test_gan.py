@@ -107,6 +107,22 @@ def test_gradient_penalty_of_a_linear_critic_is_its_closed_form(shape):
     assert float(gradient_penalty(lambda x: critic(x).squeeze(1), real, fake, eps).detach()) == pytest.approx(0.0, abs=1e-20)
 
 
+def test_gradient_penalty_is_taken_at_the_per_example_interpolates():
+    """D(x) = ||x||^2 / 2 has grad x, so the penalty is mean_i (||xhat_i|| - 1)^2 with
+    xhat_i = eps_i x_i + (1 - eps_i) x~_i (WGAN-GP Alg. 1): a penalty at the real points, at one
+    eps for the batch or with real and fake swapped gives another number."""
+    g = gen(3)
+    real = torch.randn(8, 1, 2, 2, generator=g, dtype=torch.float64)
+    fake = torch.randn(8, 1, 2, 2, generator=g, dtype=torch.float64) * 3 + 1
+    eps = torch.rand(8, generator=g, dtype=torch.float64)
+    gp = gradient_penalty(lambda x: 0.5 * x.flatten(1).pow(2).sum(1), real, fake, eps)
+    xhat = eps[:, None, None, None] * real + (1 - eps[:, None, None, None]) * fake
+    want = (xhat.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    assert float(gp.detach()) == pytest.approx(float(want), rel=1e-12)
+    swapped = (((1 - eps)[:, None, None, None] * real + eps[:, None, None, None] * fake).flatten(1).norm(dim=1) - 1).pow(2).mean()
+    assert abs(float(want) - float(swapped)) > 0.1  # the data tell the two apart
+
+
 def test_critic_loss_includes_lambda_times_penalty():
     torch.manual_seed(0)
     method = GAN(TOY, model_size="tiny", loss="wgan-gp", gp_weight=10.0)

@@ -50,9 +50,10 @@ samples are the last Langevin iterate (they carry noise of scale ``sqrt(alpha_L)
 
 Sampler ``annealed-langevin-denoise``: the same chain whose last network call, at
 ``sigma_L``, is a denoising step ``x <- x + sigma_L^2 s_theta(x, sigma_L)`` (Tweedie's formula
-for ``E[x | x~]``) instead of a Langevin step: the final denoising that NCSNv2's released code
-applies (``sampling.denoise``; Jolicoeur-Martineau et al., arXiv 2009.05475), not part of
-NCSN's Algorithm 1. Same NFE as ``annealed-langevin``.
+for ``E[x | x~]``) instead of a Langevin step. NCSNv2's released code (``sampling.denoise``;
+Jolicoeur-Martineau et al., arXiv 2009.05475) makes this denoising an extra call after all
+``L T`` Langevin steps; here it takes the last step's place so that both samplers run exactly
+the NFE asked for. Not part of NCSN's Algorithm 1.
 
 Likelihood: none (a score model defines no normalised density without an ODE, which NCSN
 does not use).
