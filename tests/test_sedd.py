@@ -350,7 +350,7 @@ def test_registered_with_its_claims():
     assert reg.methods.get("sedd") is SEDD
     assert reg.claims.get("sedd-absorbing-beats-uniform-text-bpc").b.method == "sedd[graph=uniform]"
     assert reg.claims.get("sedd-beats-d3pm-text-bpc").b.method == "d3pm"
-    assert reg.claims.get("mdlm-ties-sedd-text-bpc").relation == "tie"
+    assert reg.claims.get("mdlm-beats-sedd-text-bpc").relation == "better"
 
 
 def test_learns_synthlang_at_the_smoke_budget():

@@ -346,8 +346,10 @@ def gmbench_register_claims(register):
     """SEDD T2 (arXiv 2310.16834), text8: the absorbing graph (<= 1.39 bits/char) beats the
     uniform one (<= 1.47), and SEDD-absorb beats D3PM-absorbing (<= 1.45, the paper's row).
     MDLM T2 (arXiv 2406.07524), OpenWebText: MDLM <= 23.21 against SEDD <= 24.10 perplexity,
-    about equal (a 0.05 bit/token gap): registered as a tie within 0.05 bits/char. Checked on
-    every text dataset at equal backbone and budget; ``sedd[graph=uniform]`` is the run with
+    MDLM ahead (the survey's ordering MDLM <= SEDD): registered as ``better``. (Until a review
+    it was a tie within 0.05 bits/char; but log2(24.10 / 23.21) = 0.054 bits is per GPT-2 BPE
+    token, about 0.013 per character, and the paper reports MDLM ahead.) Checked on every text
+    dataset at equal backbone and budget; ``sedd[graph=uniform]`` is the run with
     ``--set sedd.graph=uniform``."""
     from gmbench.claims import Cell, PaperClaim
 
@@ -362,7 +364,7 @@ def gmbench_register_claims(register):
         statement="SEDD (absorbing) has a lower bits/char bound than D3PM (absorbing) on the same data and budget",
     ))
     register(PaperClaim(
-        name="mdlm-ties-sedd-text-bpc", relation="tie", metric="test_bpc", dataset="modality:text",
-        a=Cell("mdlm"), b=Cell("sedd"), tolerance=0.05, paper="2406.07524", table="MDLM T2 (23.21 vs 24.10 ppl)",
-        statement="MDLM's and SEDD's (absorbing) bits/char bounds agree within 0.05 bits/char",
+        name="mdlm-beats-sedd-text-bpc", relation="better", metric="test_bpc", dataset="modality:text",
+        a=Cell("mdlm"), b=Cell("sedd"), paper="2406.07524", table="MDLM T2 (23.21 vs 24.10 ppl)",
+        statement="MDLM has a lower bits/char bound than SEDD (absorbing) on the same data and budget",
     ))
