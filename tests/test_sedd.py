@@ -219,6 +219,42 @@ def test_bound_of_the_exact_score_is_minus_log_p0_plus_the_prior_mismatch(graph)
         assert 0 < float(mismatch.max()) < 1e-5
 
 
+# a dependent law on V = 3 tokens x L = 2 positions: the tokens agree more often than not
+JOINT = torch.tensor([[0.30, 0.02, 0.03], [0.02, 0.25, 0.03], [0.05, 0.05, 0.25]], dtype=torch.float64)
+
+
+class ExactJointAbsorbingScore(nn.Module):
+    """The exact absorbing-graph score of ``JOINT``: at a masked position, the conditional law of
+    its token given the other position (its marginal when that one is masked too), in the
+    network's output convention (``log p + log V``, as ``exact_score_net`` for i.i.d. tokens)."""
+
+    def __init__(self):
+        super().__init__()
+        table = torch.zeros(V + 1, V + 1, L, V, dtype=torch.float64)  # [x_0, x_1, position, y]
+        for a, b in itertools.product(range(V + 1), repeat=2):
+            table[a, b, 0] = (JOINT[:, b] / JOINT[:, b].sum() if b < V else JOINT.sum(1)).log()
+            table[a, b, 1] = (JOINT[a] / JOINT[a].sum() if a < V else JOINT.sum(0)).log()
+        self.register_buffer("table", table + math.log(V))
+
+    def forward(self, x, t):
+        return self.table[x[:, 0], x[:, 1]].float()
+
+
+def test_bound_of_the_exact_score_of_a_dependent_law_is_its_nll():
+    """The i.i.d. cases above cannot see how context enters the score; on a law whose tokens
+    depend on each other the exact (context-dependent) score still gives -log p(x) for every
+    sequence, and a perturbed score gives a bound above it on average (the entropy)."""
+    net = ExactJointAbsorbingScore()
+    method = method_with(net, "absorbing")
+    x0 = all_sequences(V)
+    nll = -JOINT[x0[:, 0], x0[:, 1]].log()
+    torch.testing.assert_close(exact_bound(method, x0, nodes=200), nll, atol=2e-4, rtol=0)
+    with torch.no_grad():
+        net.table += 0.3 * torch.randn(net.table.shape, generator=gen(1), dtype=torch.float64)
+    p = JOINT[x0[:, 0], x0[:, 1]]
+    assert float((p * exact_bound(method, x0, nodes=200)).sum()) > float((p * nll).sum()) + 0.01
+
+
 def test_monte_carlo_likelihood_is_unbiased_for_the_bound():
     table = torch.randn(V + 1, V + 1, L, V, generator=gen(7), dtype=torch.float64)
     method = method_with(TableNet(table), "absorbing", likelihood_samples=4)
