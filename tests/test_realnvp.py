@@ -84,8 +84,9 @@ def test_bad_arguments_raise_one_line(kwargs, match):
 def test_bad_image_arguments_and_inputs():
     with pytest.raises(MethodError, match="at least 2 pixels at the last scale"):
         RealNVP(DIGITS, model_size="tiny", scales=4)
-    with pytest.raises(MethodError, match="logit_alpha"):
-        RealNVP(DIGITS, model_size="tiny", logit_alpha=0.5)
+    for alpha in (0.5, 0.0):
+        with pytest.raises(MethodError, match="logit_alpha"):
+            RealNVP(DIGITS, model_size="tiny", logit_alpha=alpha)
     model = RealNVP(TOY, model_size="tiny")
     with pytest.raises(MethodError, match=r"expected inputs of shape \(n, 2\)"):
         model.log_likelihood(torch.zeros(4, 3), gen())

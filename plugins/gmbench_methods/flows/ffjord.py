@@ -252,7 +252,7 @@ class FFJORD(Method):
         adjoint: gradients by the adjoint method instead of back-propagating through the solver.
         rtol, atol: tolerances of the ``dopri5`` sampler and the dopri5 likelihood (paper: 1e-5).
         likelihood_solver: ``"dopri5"``, ``"train"`` (the training solver and steps) or
-            ``"auto"`` (dopri5 on toy2d, the training solver on images).
+            ``"auto"`` (= ``"dopri5"``; ``"train"`` is cheaper but neither exact nor a bound).
         lr: Adam learning rate; None picks ``DEFAULT_LR`` for the modality.
         grad_clip: gradient-norm clipping.
         time_scale: the backbone's time-embedding scale (1: a field smooth in ``t``, see

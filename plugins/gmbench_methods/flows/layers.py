@@ -372,8 +372,8 @@ class LogitTransform(nn.Module):
 
     def __init__(self, lo: float, hi: float, delta: float, alpha: float = 0.05) -> None:
         super().__init__()
-        if not 0.0 <= alpha < 0.5:
-            raise ValueError(f"logit alpha must be in [0, 0.5), not {alpha!r}")
+        if not 0.0 < alpha < 0.5:  # 0: the range's edges, which float32 reaches, map to +-inf
+            raise ValueError(f"logit alpha must be in (0, 0.5), not {alpha!r}")
         self.lo, self.width, self.delta, self.alpha = lo - delta / 2, hi - lo + delta, delta, alpha
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

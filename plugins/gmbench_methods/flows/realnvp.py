@@ -261,8 +261,9 @@ class RealNVP(FlowMethod):
             if h % side or w % side or min(h, w) // side < 2:
                 raise MethodError(f"realnvp: {scales} scales need the image sides ({h}x{w}) divisible by {side} "
                                   "and at least 2 pixels at the last scale (its checkerboard masks)")
-            if not 0.0 <= logit_alpha < 0.5:
-                raise MethodError(f"realnvp: logit_alpha must be in [0, 0.5), not {logit_alpha!r}")
+            # alpha = 0 maps the dequantised range's edges (reached in float32) to +-inf
+            if not 0.0 < logit_alpha < 0.5:
+                raise MethodError(f"realnvp: logit_alpha must be in (0, 0.5) (paper: 0.05), not {logit_alpha!r}")
             lo, hi = data.value_range
             pre = LogitTransform(lo, hi, self.bin_width, logit_alpha)
         self.scales = scales
