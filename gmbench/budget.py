@@ -232,7 +232,7 @@ class StepMeter:
     state, so it differs; after ``max_warmup_steps`` without that, every step is
     counted). Later steps are charged that constant, and ``audits`` steps are
     counted at random — drawn from a generator seeded by the host (``seed``), so
-    a method cannot tell which steps are checked — with at least
+    a method cannot tell from the step number which steps are checked (docs/integrity.md) — with at least
     ``min_audits`` per stage and ``audit_rate`` of the expected remaining steps.
     The step that may be the last one to fit is always counted. An audited step
     whose cost differs from the constant switches the meter to counting every

@@ -4,7 +4,8 @@ A run evaluates its method at fixed fractions of its training allowance
 (``Budget.curve_fractions``, e.g. 1/8, 1/4, 1/2) and once more when training
 ends, on a *cheap* protocol: only the dataset's primary metric, at one sampler
 setting, on ``Budget.curve_samples`` samples (or, when the primary metric is the
-model's likelihood, on that many test examples). Every point of a run's curve —
+model's likelihood, on that many *validation* examples: a method is never handed a test example
+while it trains, or it could train on them). Every point of a run's curve —
 the last included — uses that same protocol, so the curve is consistent with
 itself; its last point is *not* the board's headline number (which uses the full
 evaluation) and the two are never mixed.
@@ -36,7 +37,7 @@ from gmbench.evaluate import _run_metric, check_samples, one_line
 from gmbench.metrics.base import EvalContext, Metric
 from gmbench.method import Method
 
-CURVE_VERSION = "1"
+CURVE_VERSION = "2"  # 2: likelihood points on the validation split (1: on test)
 
 
 def curve_setting(method: Method, budget) -> tuple[str, int]:
@@ -64,6 +65,7 @@ def curve_evaluator(method: Method, dataset, budget, metrics: list[Metric], ctx:
     metric = primary_metric_of(metrics, output)
     n = int(budget.curve_samples.get(modality, 256))
     sampler, nfe = curve_setting(method, budget)
+    val_ctx = ctx.for_split("val")
 
     def evaluate_point(fraction: float) -> dict:
         t0 = time.monotonic()
@@ -78,7 +80,7 @@ def curve_evaluator(method: Method, dataset, budget, metrics: list[Metric], ctx:
                     return point
                 cheap = copy.copy(metric)
                 cheap.max_examples = min(n, getattr(metric, "max_examples", n) or n)
-                entries = _run_metric(cheap, ctx, sampler=None, nfe=None, method=method)
+                entries = _run_metric(cheap, val_ctx, sampler=None, nfe=None, method=method)
             else:
                 g = torch.Generator(device=method.device).manual_seed(seed * 1_000_003 + 7919)
                 with torch.no_grad():

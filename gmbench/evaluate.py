@@ -2,7 +2,8 @@
 
 The host draws the samples (timing them) and hands them to each registered
 metric that applies to the dataset's modality; model-level metrics (test
-likelihood) get the method. A metric or sampler failure becomes an entry with
+likelihood) get the method, after every sample has been drawn: they hand the method test
+examples, which it must not be able to return as samples. A metric or sampler failure becomes an entry with
 an ``error`` in the record — it never aborts the rest of the evaluation — and
 a metric that cannot run here (missing optional weights) an entry with a
 ``skipped`` note.
@@ -107,8 +108,8 @@ def metric_fingerprint_fields(metrics: list[Metric], ctx: EvalContext) -> dict:
     return out
 
 
-#: share of the evaluation cap the model-level metrics (the likelihood) may use; the
-#: sampler grid gets the rest, so a slow likelihood can never starve the samples
+#: share of the evaluation cap held back for the model-level metrics (the likelihood), which
+#: run after the sampler grid: the grid stops that much before the cap, so neither starves the other
 MODEL_METRICS_SHARE = 0.35
 
 
@@ -152,32 +153,36 @@ def evaluate(
     cap = budget.eval_cap_s
     deadline = deadline if deadline is not None else start + cap
 
-    model_ctx = replace(ctx, deadline=min(deadline, start + MODEL_METRICS_SHARE * cap))
     grid = sampler_grid(method, budget)
     model_metrics = [m for m in metrics if m.kind == "model"]
+    # The samples come first and the likelihood last: a model metric hands the method test
+    # examples, so no sample is drawn after the method has seen one (a method that kept them could
+    # otherwise return them as samples). The likelihood's share of the cap is held back from
+    # the sampler grid, so neither part can starve the other.
+    reserve = MODEL_METRICS_SHARE * cap if model_metrics and method.likelihood != "none" else 0.0
     bar = progress.task(f"{method.name} eval", total=len(model_metrics) + len(grid), unit="setting")
-    done = journal.take_model() if journal is not None else None
-    if done is not None:  # computed by an interrupted attempt with the same weights
-        entries += done["entries"]
-        profile["likelihood_s"] = float(done["seconds"])
-        bar.advance(len(model_metrics), note="model metrics (resumed)")
-    else:
-        t0 = time.monotonic()
-        model_entries: list[dict] = []
-        for metric in model_metrics:
-            model_entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
-            bar.advance(note=metric.name)
-        profile["likelihood_s"] = time.monotonic() - t0
-        entries += model_entries
-        if journal is not None:
-            journal.record_model(model_entries, profile["likelihood_s"])
-
     sample_metrics = [m for m in metrics if m.kind == "samples"]
     profile.setdefault("sampling_s", 0.0)
     profile.setdefault("sample_metrics_s", 0.0)
     try:
-        _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, seed, precision, deadline, cap,
-                          entries, costs, profile, bar, journal)
+        _sample_and_score(method, dataset, grid, sample_metrics, ctx, val_ctx, n, seed, precision,
+                          deadline - reserve, cap, entries, costs, profile, bar, journal)
+        done = journal.take_model() if journal is not None else None
+        if done is not None:  # computed by an interrupted attempt with the same weights
+            entries += done["entries"]
+            profile["likelihood_s"] = float(done["seconds"])
+            bar.advance(len(model_metrics), note="model metrics (resumed)")
+        else:
+            t0 = time.monotonic()
+            model_ctx = replace(ctx, deadline=deadline)
+            model_entries: list[dict] = []
+            for metric in model_metrics:
+                model_entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
+                bar.advance(note=metric.name)
+            profile["likelihood_s"] = time.monotonic() - t0
+            entries += model_entries
+            if journal is not None:
+                journal.record_model(model_entries, profile["likelihood_s"])
     finally:
         bar.close()
     return entries, costs

@@ -7,6 +7,10 @@ broadcast multiply and a sum were charged 262,144 FLOPs instead of ~1e8.
 
 * every op with a formula in torch's ``flop_registry`` (matmul, conv,
   attention, plus gmbench's own in ``gmbench.backbones.flops``) by that formula;
+* dense linear algebra, pairwise distances, sorting and FFTs by the leading term of
+  their textbook operation counts (:data:`_FORMULAS`: e.g. ``2 n^3`` for an inverse,
+  ``3 P R M`` for ``cdist``, ``n log2 n`` per sorted row), which the element rule
+  would charge as ``n^2`` or ``P R`` — 500-5000x too little at n = 512;
 * every other op that is not a view by the number of elements it touches:
   ``max(total output elements, largest input)`` — one per element for
   elementwise maths, reductions (a sum reads every input element once),
@@ -26,16 +30,106 @@ afterwards.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from gmbench.backbones.flops import register_cpu_attention_flops
+
 aten = torch.ops.aten
+register_cpu_attention_flops()  # CPU attention, whichever modules a plugin imports
 
 #: ops that move no data (metadata, allocation without filling)
 _FREE = {
     aten.empty, aten.empty_like, aten.empty_strided, aten.lift_fresh, aten.set_, aten.resize_,
     aten._local_scalar_dense, aten.is_same_size, aten.sym_size, aten.sym_stride, aten.sym_numel,
+}
+
+
+def _mats(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, rows, columns) of a (batch of) matrices."""
+    m, n = (t.shape[-2], t.shape[-1]) if t.dim() >= 2 else (1, t.numel())
+    return t.numel() // max(1, m * n), m, n
+
+
+def _cubic(coef: float):
+    """``coef * batch * n^3`` for square ``n x n`` matrices (``m n min(m, n)`` otherwise)."""
+    def f(a, *args, **kwargs):
+        b, m, n = _mats(a)
+        return coef * b * m * n * min(m, n)
+    return f
+
+
+def _solve(a, rhs=None, *args, **kwargs):
+    b, m, n = _mats(a)
+    k = rhs.shape[-1] if isinstance(rhs, torch.Tensor) and rhs.dim() >= 2 else 1
+    return b * (2 / 3 * n**3 + 2 * n * n * k)
+
+
+def _svd(a, *args, **kwargs):
+    b, m, n = _mats(a)
+    k = min(m, n)
+    return b * (4 * m * n * k + 8 * k**3)
+
+
+def _cdist(x1, x2, *args, **kwargs):  # (B, P, M), (B, R, M): difference, square, sum
+    p, r, d = x1.shape[-2], x2.shape[-2], x1.shape[-1]
+    return 3 * (x1.numel() // max(1, p * d)) * p * r * d
+
+
+def _cdist_backward(grad, x1, x2, *args, **kwargs):
+    return 2 * _cdist(x1, x2)
+
+
+def _pdist(x, *args, **kwargs):
+    n, d = x.shape[-2], x.shape[-1]
+    return 3 * n * (n - 1) / 2 * d
+
+
+def _pdist_backward(grad, x, *args, **kwargs):
+    return 2 * _pdist(x)
+
+
+def _sort(x, *args, **kwargs):
+    dim = next((a for a in args if isinstance(a, int) and not isinstance(a, bool)), kwargs.get("dim", -1))
+    size = x.shape[dim] if x.dim() else 1
+    return x.numel() * max(1.0, math.log2(max(size, 2)))
+
+
+def _fft(x, dims=None, *args, **kwargs):
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [-1]
+    size = math.prod(x.shape[d] for d in dims) if x.dim() else 1
+    return 5 * x.numel() * max(1.0, math.log2(max(size, 2)))
+
+
+#: ops that the element rule would charge far below their work: leading terms of their
+#: operation counts (LAPACK's, for the factorisations); a batch of matrices pays per matrix
+_FORMULAS = {
+    aten.linalg_inv_ex: _cubic(2.0),
+    aten.linalg_solve_ex: _solve,
+    aten._linalg_solve_ex: _solve,
+    aten.linalg_lu_factor_ex: _cubic(2 / 3),
+    aten.linalg_lu: _cubic(2 / 3),
+    aten.linalg_cholesky_ex: _cubic(1 / 3),
+    aten._linalg_det: _cubic(2 / 3),
+    aten._linalg_slogdet: _cubic(2 / 3),
+    aten.linalg_qr: _cubic(2.0),
+    aten.linalg_lstsq: _cubic(2.0),
+    aten._linalg_svd: _svd,
+    aten._linalg_eigh: _cubic(9.0),
+    aten.linalg_eig: _cubic(25.0),
+    aten.linalg_matrix_exp: _cubic(20.0),
+    aten._cdist_forward: _cdist,
+    aten._euclidean_dist: _cdist,  # cdist's matrix-product path (more than 25 rows)
+    aten._cdist_backward: _cdist_backward,
+    aten._pdist_forward: _pdist,
+    aten._pdist_backward: _pdist_backward,
+    aten.sort: _sort,
+    aten._fft_r2c: _fft,
+    aten._fft_c2r: _fft,
+    aten._fft_c2c: _fft,
 }
 
 
@@ -84,6 +178,8 @@ class OpCostMode(TorchDispatchMode):
         formula = flop_registry.get(packet)
         if formula is not None:
             self.matmul_flops += float(formula(*args, **kwargs, out_val=out))
+        elif packet in _FORMULAS:  # counted with the matrix products: work with a formula
+            self.matmul_flops += float(_FORMULAS[packet](*args, **kwargs))
         elif not func.is_view and packet not in _FREE:
             out_total, _ = _numel_of(out)
             largest_in = 0

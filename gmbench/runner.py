@@ -27,6 +27,7 @@ from gmbench.method import LIKELIHOOD_KINDS, MethodError, validate_method_class
 from gmbench.plugins import Registries
 from gmbench import checkpointing, eval_journal
 from gmbench.eval_journal import EvalJournal, state_sha256
+from gmbench.flops import count_cost
 from gmbench.checkpointing import CheckpointPolicy
 from gmbench.records import (SCHEMA_VERSION, RunSpec, SpecLock, finished, fingerprint, provenance, retire_record,
                              write_record)
@@ -244,7 +245,10 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
     torch.manual_seed(spec.seed)  # network initialisation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    method = cls(data_spec, model_size=budget.model_size, **dict(spec.hparams)).to(device)
+    t_build = time.perf_counter()
+    method, build = count_cost(lambda: cls(data_spec, model_size=budget.model_size, **dict(spec.hparams)).to(device))
+    build_s = time.perf_counter() - t_build
+    _require_light_construction(spec.method, build.total, method.num_parameters(), budget.flops_for(modality))
     if method.likelihood not in LIKELIHOOD_KINDS:
         raise MethodError(f"method {spec.method!r}: likelihood must be one of {LIKELIHOOD_KINDS}, not {method.likelihood!r}")
     record["likelihood"] = method.likelihood  # e.g. exact trace on toy2d, a Hutchinson estimate on images
@@ -307,7 +311,8 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
             "provenance": record["provenance"], "deterministic": torch.are_deterministic_algorithms_enabled(),
         })
     t0 = time.perf_counter()
-    profile = {"train_s": train_seconds, "curve_s": curve_s[0]}
+    profile = {"build_s": build_s, "build_flops": build.total, "train_s": train_seconds, "curve_s": curve_s[0]}
+    weights = parameter_digest(method)
     entries, sampling = evaluate(method, dataset, budget, metrics + own, spec.seed, ctx=ctx, profile=profile,
                                  journal=journal)
     eval_seconds = time.perf_counter() - t0
@@ -324,6 +329,51 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         "profile": profile,
         "peak_memory": _peak_memory_mb(device),
     }
+    # integrity: raised after the record holds every measurement, so the failed record keeps them
+    if parameter_digest(method) != weights:
+        raise MethodError(f"method {spec.method!r} changed its parameters during evaluation (sampling or likelihood); "
+                          "evaluation must not train: train only in training_step")
+    _require_no_test_copies(entries)
+
+
+#: a method's construction may cost at most this many FLOPs per parameter (initialisation draws a
+#: few per parameter; one training step costs ~6 per parameter and example) or this share of the
+#: training allowance, whichever is larger: work beyond it is training outside the meter
+BUILD_FLOPS_PER_PARAM = 100
+BUILD_SHARE = 0.01
+
+
+def _require_light_construction(name: str, flops: float, params: int, allowance: float) -> None:
+    limit = max(BUILD_FLOPS_PER_PARAM * params, BUILD_SHARE * allowance)
+    if flops > limit:
+        raise MethodError(
+            f"method {name!r} did {flops:.3g} FLOPs while it was built (more than {limit:.3g}: "
+            f"{BUILD_FLOPS_PER_PARAM} per parameter or {BUILD_SHARE:.0%} of the training allowance); "
+            "train in training_step, where the budget meters it")
+
+
+def parameter_digest(method) -> str:
+    """SHA-256 of every parameter of the method's networks (buffers may legitimately change)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, module in sorted(method.modules().items()):
+        for pname, p in module.named_parameters():
+            h.update(f"{name}.{pname}".encode())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    return h.hexdigest()
+
+
+def _require_no_test_copies(entries: list[dict]) -> None:
+    """A run whose samples copy the held-out split has read it: fail it (memorisation metric)."""
+    from gmbench.metrics.memorisation import TEST_LEAK_FLAG
+
+    for e in entries:
+        if e.get("name") == "test_copy_excess" and e.get("value") is not None and e["value"] > TEST_LEAK_FLAG:
+            raise MethodError(
+                f"samples of {e.get('sampler')}@{e.get('nfe')} copy the held-out {e.get('split', 'test')} split "
+                f"({e['value']:.0%} more of them sit on a held-out example than on as many training examples): "
+                "a method must never read held-out data")
 
 
 def plugin_of(reg: Registries, method: str) -> str:

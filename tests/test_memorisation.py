@@ -81,7 +81,10 @@ def test_registered_with_direction_and_fingerprint(digits_ctx):
     assert metric.output("copy_share").direction == "lower"
     fields = metric.fingerprint_fields(digits_ctx)
     assert fields["extractor"] == "gmbench-cnn" and fields["quantile"] == 0.05 and fields["train_max"] == 20000
-    assert not metric.applies_to(Registries(make_plugin_manager(load_entrypoints=False)).datasets.get("synthlang")())
+    assert fields["test_leak_flag"] == 0.1 and metric.output("test_copy_excess").direction == "lower"
+    text = Registries(make_plugin_manager(load_entrypoints=False)).datasets.get("synthlang")()
+    assert metric.applies_to(text)  # exact copies of sequences
+    assert metric.fingerprint_fields(EvalContext(dataset=text, n_samples=10, seed=0))["distance"] == "exact sequence match"
 
 
 def test_no_samples_is_a_one_line_error():

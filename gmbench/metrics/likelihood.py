@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from gmbench.metrics.base import EvalContext, Metric, MetricOutput, MetricSkipped
+from gmbench.metrics.base import EvalContext, Metric, MetricError, MetricOutput, MetricSkipped
 
 UNIT = {"toy2d": "test_nll", "image": "test_bpd", "text": "test_bpc"}
 #: key of the standard error that ``score_model`` returns beside the value; the evaluator
@@ -94,6 +94,7 @@ class HeldOutLikelihood(Metric):
                     raise ValueError("log_likelihood returned NaN or inf")
                 values.append(ll)
         ll = torch.cat(values)
+        _require_possible(ll, x, ctx, spec)
         nll = -float(ll.mean())
         # standard error of the mean over test examples, in the reported unit
         stderr = float(ll.std()) / math.sqrt(len(ll)) if len(ll) > 1 else None
@@ -111,3 +112,26 @@ class HeldOutLikelihood(Metric):
             out["test_bpc_gap"] = bpc - float(-true_logp.double().mean()) / (dims * math.log(2))
             out["entropy_rate_gap_bpc"] = bpc - rate
         return out
+
+
+#: how far (nats per dimension, beyond 4 standard errors) a likelihood may sit below the data's
+#: own log-density on the same examples before it is rejected: room for ODE solver error
+POSSIBLE_TOL_NATS_PER_DIM = 0.01
+
+
+def _require_possible(ll: torch.Tensor, x: torch.Tensor, ctx: EvalContext, spec) -> None:
+    """Where the dataset knows its own log-density (toy2d, synthlang), no exact likelihood, bound
+    or unbiased estimate can beat it on average (Gibbs' inequality: the mean of
+    ``log p(x) - log q(x)`` over test examples estimates KL(p || q) >= 0). A mean that is below
+    it beyond 4 standard errors of the paired difference (and a small solver tolerance) is
+    rejected: the method's ``log_likelihood`` is wrong, or it saw the test examples."""
+    true = ctx.dataset.log_prob(x.cpu()) if spec.modality != "image" else None
+    if true is None:
+        return
+    d = true.double().reshape(-1) - ll.cpu()  # log p - log q per example
+    se = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    if float(d.mean()) < -(4 * se + POSSIBLE_TOL_NATS_PER_DIM * spec.dims):
+        raise MetricError(
+            f"log_likelihood is {-float(d.mean()):.4g} nats per example above the data's own log-density on the same "
+            f"test examples (standard error {se:.2g}); no exact likelihood, bound or unbiased estimate can be: "
+            "the method's log_likelihood is wrong")

@@ -17,6 +17,15 @@ So held-out real data scores about 0.05 and exact copies of training data 1.0. I
 guard, not a quality score: samples far from everything (noise) score 0. A run with
 ``copy_share > COPY_FLAG`` is flagged "memorised" on boards.
 
+``test_copy_excess`` guards the held-out split itself, which a method must never read: the
+share of samples within ``tau`` of a held-out example minus the share within ``tau`` of as
+many training examples (a fixed random subset). Train and held-out data are drawn alike, so
+for a model that never saw the held-out split the two shares are equal in expectation
+whatever it learned (a model copying its training set scores *below* 0); a model that
+returns held-out examples scores up to 1. The runner fails a run above ``TEST_LEAK_FLAG``
+(binomial noise at 1,000 samples is about 0.01). Text has no feature space: there both
+shares count exact copies of a sequence (``copy_share``: of any training sequence).
+
 Feature space: images use the FID metric's extractor and its FID layer
 (``ImageFidelity.extractor``, torch-fidelity's feature pass, nothing re-implemented);
 toy2d uses raw coordinates. Euclidean distances, computed exactly (no ``|x|^2 + |y|^2
@@ -40,6 +49,7 @@ import torch
 from gmbench.metrics.base import EvalContext, Metric, MetricError, MetricOutput, MetricSkipped
 
 COPY_FLAG = 0.5  # a run with copy_share above this is flagged "memorised"
+TEST_LEAK_FLAG = 0.1  # a run with test_copy_excess above this fails: its samples copy held-out data
 QUANTILE = 0.05  # of test-to-train nearest-neighbour distances
 TRAIN_MAX = 20000
 SUBSET_SEED = 0
@@ -65,14 +75,17 @@ class Memorisation(Metric):
     """``copy_share``: samples closer to a training example than 95% of test data (module doc)."""
 
     name = "memorisation"
-    version = "1"
+    version = "2"  # 2: test_copy_excess, and text (exact copies)
     kind = "samples"
-    modalities = ("toy2d", "image")
+    modalities = ("toy2d", "image", "text")
     description = "share of samples nearer a training example than the 5th percentile of test-to-train distances"
     outputs = (
         MetricOutput("copy_share", "lower",
                      "share of samples whose nearest training example is closer than 95% of test examples' "
-                     f"(held-out data ~{QUANTILE}, copies 1; flagged above {COPY_FLAG})", "fraction"),
+                     f"(held-out data ~{QUANTILE}, copies 1; flagged above {COPY_FLAG}; text: exact copies)", "fraction"),
+        MetricOutput("test_copy_excess", "lower",
+                     "share of samples on a held-out example minus the share on as many training examples "
+                     f"(~0 for a model that never saw held-out data; a run above {TEST_LEAK_FLAG} fails)", "fraction"),
     )
 
     def features(self, x: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
@@ -93,17 +106,40 @@ class Memorisation(Metric):
 
         return ctx.memoised(("memorisation", "reference"), compute)
 
+    def _leak_reference(self, ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held-out examples, as many training examples), a fixed random subset, once per run."""
+        def compute():
+            held_out = _capped(ctx.test)
+            train = ctx.dataset.split("train").x
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED + 1))
+            return held_out, train[pick[:len(held_out)]]
+
+        return ctx.memoised(("memorisation", "leak-reference"), compute)
+
     def score_samples(self, samples: torch.Tensor, ctx: EvalContext) -> dict:
         if len(samples) == 0:
             raise MetricError("memorisation needs at least one sample")
+        held_out, train_sub = self._leak_reference(ctx)
+        if ctx.dataset.modality == "text":  # exact copies of whole sequences
+            train = ctx.memoised(("memorisation", "train-rows"), lambda: _rows(ctx.dataset.split("train").x))
+            held, sub = (ctx.memoised(("memorisation", key), lambda x=x: _rows(x))
+                         for key, x in (("held-rows", held_out), ("sub-rows", train_sub)))
+            rows = [tuple(r) for r in samples.reshape(len(samples), -1).tolist()]
+            share = lambda ref: sum(r in ref for r in rows) / len(rows)  # noqa: E731
+            return {"copy_share": share(train), "test_copy_excess": share(held) - share(sub)}
         train, tau = self._reference(ctx)
-        d = nn_distances(self.features(samples, ctx), train)
-        return {"copy_share": float((d <= tau).double().mean())}
+        feats = self.features(samples, ctx)
+        held_f, sub_f = ctx.memoised(("memorisation", "leak-features"),
+                                     lambda: (self.features(held_out, ctx), self.features(train_sub, ctx)))
+        near = lambda ref: float((nn_distances(feats, ref) <= tau).double().mean())  # noqa: E731
+        return {"copy_share": near(train), "test_copy_excess": near(held_f) - near(sub_f)}
 
     def fingerprint_fields(self, ctx: EvalContext) -> dict:
         n_train = min(len(ctx.dataset.split("train").x), TRAIN_MAX)
         fields = {"quantile": QUANTILE, "train_max": TRAIN_MAX, "train_n": n_train, "subset_seed": SUBSET_SEED,
-                  "held_out": "test", "distance": "euclidean"}
+                  "held_out": "test", "distance": "euclidean", "test_leak_flag": TEST_LEAK_FLAG}
+        if ctx.dataset.modality == "text":
+            return {**fields, "distance": "exact sequence match"}
         if ctx.dataset.modality == "toy2d":
             return {**fields, "features": "raw coordinates"}
         from gmbench.metrics.images import ImageFidelity
@@ -112,6 +148,10 @@ class Memorisation(Metric):
             return {**fields, "features": "FID layer", **ImageFidelity().extractor(ctx).fingerprint(ctx)}
         except (MetricSkipped, MetricError) as exc:
             return {"available": False, "why": str(exc)}
+
+
+def _rows(x: torch.Tensor) -> set:
+    return {tuple(r) for r in x.reshape(len(x), -1).tolist()}
 
 
 def fid_features(images: torch.Tensor, ctx: EvalContext) -> torch.Tensor:

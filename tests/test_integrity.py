@@ -1,0 +1,170 @@
+"""The host against cheating method plugins: a method never sees a held-out example before its
+samples are drawn, samples that copy the held-out split fail the run, a likelihood better than
+the data's own density is rejected, and a method that trains while it is evaluated fails.
+(What an in-process plugin can still do is listed in docs/integrity.md.)"""
+
+from __future__ import annotations
+
+import torch
+
+from gmbench.data.toy2d import EightGaussians
+from gmbench.metrics.base import EvalContext
+from gmbench.metrics.memorisation import TEST_LEAK_FLAG, Memorisation
+from gmbench.records import RunSpec
+from gmbench.runner import run_one
+from tests.plugins.fake_methods import GaussianFit
+
+def _spec(method: str) -> RunSpec:
+    return RunSpec(method, "8gaussians", "tiny-test", 0)
+
+
+class OrderSpy(GaussianFit):
+    """Honest, but logs the order of the host's calls and what log_likelihood is handed."""
+    name = "order-spy"
+    log: list = []
+
+    def sample(self, n, sampler, nfe, generator):
+        OrderSpy.log.append(("sample", None))
+        return super().sample(n, sampler, nfe, generator)
+
+    def log_likelihood(self, x, generator):
+        OrderSpy.log.append(("likelihood", x.detach().cpu().clone()))
+        return super().log_likelihood(x, generator)
+
+
+class HeldOutCopier(GaussianFit):
+    """Rebuilds the public held-out split and returns it as its samples."""
+    name = "test-copier"
+
+    def sample(self, n, sampler, nfe, generator):
+        test = EightGaussians().split("test").x
+        return test[torch.randint(len(test), (n,), generator=generator)].to(self.device)
+
+
+class FakeLikelihood(GaussianFit):
+    """Claims a log-likelihood far above what any model of the data can have."""
+    name = "fake-likelihood"
+
+    def log_likelihood(self, x, generator):
+        return torch.full((len(x),), 100.0, device=x.device)
+
+
+class TrainsWhileSampling(GaussianFit):
+    """Takes gradient steps on its own samples' fit inside sample()."""
+    name = "trains-while-sampling"
+
+    def sample(self, n, sampler, nfe, generator):
+        with torch.enable_grad():
+            loss = self._nll(super().sample(n, sampler, nfe, generator).detach()).mean()
+            loss.backward()
+        with torch.no_grad():
+            for p in self.net.values():
+                p -= 1e-3 * p.grad
+        return super().sample(n, sampler, nfe, generator)
+
+
+class TrainsWhenBuilt(GaussianFit):
+    """Fits itself to a rebuilt training set in __init__, outside the budget's meter."""
+    name = "trains-when-built"
+
+    def __init__(self, data, model_size="tiny"):
+        super().__init__(data, model_size)
+        x = EightGaussians().split("train").x
+        opt = torch.optim.Adam(self.net.parameters(), lr=5e-2)
+        for _ in range(50):
+            opt.zero_grad()
+            self._nll(x).mean().backward()
+            opt.step()
+
+
+def test_every_sample_is_drawn_before_the_method_sees_a_test_example(fake_registries, tmp_path):
+    OrderSpy.log.clear()
+    rec = run_one(_spec("order-spy"), fake_registries(OrderSpy), tmp_path)
+    assert rec["status"] == "ok", rec.get("error")
+    kinds = [k for k, _ in OrderSpy.log]
+    first = kinds.index("likelihood")
+    assert "sample" in kinds[:first] and "sample" not in kinds[first:], kinds
+
+
+def test_a_likelihood_curve_point_is_scored_on_validation_examples(tmp_path, monkeypatch):
+    """Mid-training points must not hand the method test examples it could train on."""
+    from gmbench.plugins import Registries, make_plugin_manager
+    from tests.plugins.fake_methods import FakePlugin, TinyBudgetPlugin
+    from tests.test_curve import CurveBudgetPlugin
+
+    monkeypatch.setattr(EightGaussians, "primary_metric", "test_nll")
+    reg = Registries(make_plugin_manager(extra_plugins=(FakePlugin(OrderSpy), TinyBudgetPlugin(), CurveBudgetPlugin()),
+                                         load_entrypoints=False))
+    OrderSpy.log.clear()
+    rec = run_one(RunSpec("order-spy", "8gaussians", "tiny-curve", 0), reg, tmp_path)
+    assert rec["status"] == "ok", rec.get("error")
+    assert len(rec["curve"]) == 3 and all(p.get("value") is not None for p in rec["curve"]), rec["curve"]
+    kinds = [k for k, _ in OrderSpy.log]
+    first_sample, last_sample = kinds.index("sample"), len(kinds) - 1 - kinds[::-1].index("sample")
+    during = [x for k, x in OrderSpy.log[:first_sample] if k == "likelihood"]
+    after = torch.cat([x for k, x in OrderSpy.log[last_sample:] if k == "likelihood"])
+    data = EightGaussians()
+    test, val = data.split("test").x, data.split("val").x
+    assert len(during) >= 3 and all(torch.equal(x, val[:len(x)]) for x in during)
+    assert torch.equal(after, test[:len(after)])
+
+
+def test_samples_that_copy_the_test_split_fail_the_run(fake_registries, tmp_path):
+    rec = run_one(_spec("test-copier"), fake_registries(HeldOutCopier), tmp_path)
+    assert rec["status"] == "failed"
+    assert "copy the held-out test split" in rec["error"] and "\n" not in rec["error"]
+    excess = [e["value"] for e in rec["metrics"] if e["name"] == "test_copy_excess" and e["split"] == "test"]
+    assert excess and min(excess) > 0.9  # the measurements stay in the failed record
+
+
+def test_test_copy_excess_is_near_zero_for_fresh_and_negative_for_training_data():
+    data = EightGaussians()
+    ctx = EvalContext(dataset=data, budget=None, seed=0, device=torch.device("cpu"), n_samples=2000)
+    metric = Memorisation()
+    fresh = metric.compute(ctx, samples=data.split("val").x[:2000])
+    train_copies = metric.compute(ctx, samples=data.split("train").x[:2000])
+    test_copies = metric.compute(ctx, samples=data.split("test").x[:2000])
+    assert abs(fresh["test_copy_excess"]) < 0.03
+    assert train_copies["test_copy_excess"] < 0 and train_copies["copy_share"] == 1.0
+    assert test_copies["test_copy_excess"] > 0.9 > TEST_LEAK_FLAG
+
+
+def test_text_copies_are_exact_sequence_matches():
+    from gmbench.data.synthlang import SyntheticLanguage
+
+    data = SyntheticLanguage(seq_len=16, n_train=2000, n_test=300)
+    ctx = EvalContext(dataset=data, budget=None, seed=0, device=torch.device("cpu"), n_samples=300)
+    metric = Memorisation()
+    test = metric.compute(ctx, samples=data.split("test").x)
+    train = metric.compute(ctx, samples=data.split("train").x[:300])
+    fresh = metric.compute(ctx, samples=data.split("val").x[:300])
+    assert test["test_copy_excess"] > 0.9
+    assert train["copy_share"] == 1.0 and train["test_copy_excess"] <= 0.0
+    assert abs(fresh["test_copy_excess"]) < 0.05
+
+
+def test_a_likelihood_above_the_datas_own_density_is_rejected(fake_registries, tmp_path):
+    rec = run_one(_spec("fake-likelihood"), fake_registries(FakeLikelihood), tmp_path)
+    assert rec["status"] == "ok", rec.get("error")  # the samples are honest: only the likelihood goes
+    (nll,) = [e for e in rec["metrics"] if e["metric"] == "likelihood"]
+    assert nll["value"] is None and "above the data's own log-density" in nll["error"]
+    # the honest Gaussian fit passes the same check
+    rec = run_one(_spec("gaussfit"), fake_registries(), tmp_path / "honest")
+    (nll,) = [e for e in rec["metrics"] if e["name"] == "test_nll"]
+    true_nll = -float(EightGaussians().log_prob(EightGaussians().split("test").x[:len(EightGaussians().split("test").x)]).mean())
+    assert nll["value"] is not None and nll["value"] > true_nll
+
+
+def test_a_method_that_trains_while_it_is_evaluated_fails(fake_registries, tmp_path):
+    rec = run_one(_spec("trains-while-sampling"), fake_registries(TrainsWhileSampling), tmp_path)
+    assert rec["status"] == "failed"
+    assert "changed its parameters during evaluation" in rec["error"]
+    assert any(e["name"] == "swd" for e in rec["metrics"])  # the measurements stay in the failed record
+
+
+def test_a_method_that_trains_when_it_is_built_fails(fake_registries, tmp_path):
+    rec = run_one(_spec("trains-when-built"), fake_registries(TrainsWhenBuilt), tmp_path)
+    assert rec["status"] == "failed"
+    assert "while it was built" in rec["error"] and "train in training_step" in rec["error"]
+    honest = run_one(_spec("gaussfit"), fake_registries(), tmp_path / "honest")
+    assert honest["status"] == "ok" and 0 < honest["cost"]["profile"]["build_flops"] < 1e4
