@@ -247,23 +247,78 @@ class NFEMismatch(RuntimeError):
 
 
 class _ForwardCounter:
-    """Counts forward calls of a method's networks (the modules ``modules()`` returns)."""
+    """Counts forward calls of a method's networks (the modules ``modules()`` returns).
 
-    def __init__(self, method: Method):
+    Given the :class:`~gmbench.flops.OpCostMode` the call runs under, it also sums the FLOPs
+    spent inside those calls (outermost call only, when one listed network runs another), so
+    that the sampler's work outside its counted networks is the rest.
+    """
+
+    def __init__(self, method: Method, cost=None):
         self.calls = 0
+        self.network_flops = 0.0
+        self.cost = cost
+        self._depth = 0
+        self._start = 0.0
         self.handles = []
         seen = set()
         for module in method.modules().values():
             if id(module) not in seen:
                 seen.add(id(module))
-                self.handles.append(module.register_forward_pre_hook(self._hook))
+                self.handles.append(module.register_forward_pre_hook(self._enter))
+                self.handles.append(module.register_forward_hook(self._leave))
 
-    def _hook(self, module, args):
+    def _enter(self, module, args):
         self.calls += 1
+        if self._depth == 0 and self.cost is not None:
+            self._start = self.cost.total
+        self._depth += 1
+
+    def _leave(self, module, args, output):
+        self._depth -= 1
+        if self._depth == 0 and self.cost is not None:
+            self.network_flops += self.cost.total - self._start
 
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+class UncountedWork(NFEMismatch):
+    """A sampler did most of its work outside the networks whose calls are counted (one line)."""
+
+
+# A sampler's own arithmetic (update rules, noise, solver error norms, a softmax over the
+# vocabulary) is far below one network call: measured on every built-in sampler it is under
+# 3% of the counted networks' FLOPs (docs/integrity.md). Work outside the counted networks
+# above this share plus a small allowance means a network ran without being counted
+# (``net.forward(x)``, submodules one by one, a copy outside ``modules()``), which would put a
+# smaller NFE than the true one on the board.
+UNCOUNTED_SHARE = 0.1
+# FLOPs per value of the sample: what a sampler without any network may spend (drawing
+# noise, a softmax over a vocabulary per token); a network call costs far more per value
+# for every built-in method.
+UNCOUNTED_PER_VALUE = 1000
+
+
+def sampling_audit(method: Method, sampler: str, nfe: int, generator: torch.Generator) -> dict:
+    """Run ``method.sample(1, sampler, nfe)`` under the FLOP counter and the call counter.
+
+    Returns ``{"calls", "flops", "network_flops", "values"}``: the forward calls of the method's
+    networks (the NFE of one sample), every FLOP of the call, the FLOPs inside those network
+    calls, and the number of values in the sample.
+    """
+    from gmbench.flops import OpCostMode
+
+    cost = OpCostMode(what="sampling", gathers_by_output=True)  # a row picked from a bank costs the row
+    counter = _ForwardCounter(method, cost)
+    try:
+        with cost:
+            sample = method.sample(1, sampler, nfe, generator)
+    finally:
+        counter.close()
+    values = sample.numel() if isinstance(sample, torch.Tensor) else 0
+    return {"calls": counter.calls, "flops": cost.total, "network_flops": counter.network_flops, "values": values}
 
 
 def counted_nfe(method: Method, sampler: str, nfe: int, generator: torch.Generator) -> int:
@@ -274,6 +329,17 @@ def counted_nfe(method: Method, sampler: str, nfe: int, generator: torch.Generat
     finally:
         counter.close()
     return counter.calls
+
+
+def check_counted_work(method: Method, sampler: str, audit: dict) -> None:
+    """Fail when most of one sample's FLOPs ran outside the networks whose calls are counted."""
+    outside = audit["flops"] - audit["network_flops"]
+    limit = UNCOUNTED_SHARE * audit["network_flops"] + UNCOUNTED_PER_VALUE * audit["values"]
+    if outside > limit:
+        raise UncountedWork(
+            f"sampler {sampler!r} of {method.name!r} did {outside:.3g} FLOPs per sample outside the networks "
+            f"modules() returns ({audit['network_flops']:.3g} inside, {audit['calls']} counted calls); "
+            "call each network as module(x), not module.forward(x), and list every network in modules()")
 
 
 def check_nfe(method: Method, sampler: str, nfe: int, counted: int) -> None:
@@ -294,8 +360,10 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
     aux = torch.Generator(device=device).manual_seed(aux_seed)
     with torch.no_grad():
         _sync(device)
-        nfe_counted = counted_nfe(method, sampler, nfe, aux)  # also the warm-up, not timed
+        audit = sampling_audit(method, sampler, nfe, aux)  # also the warm-up, not timed
+        nfe_counted = audit["calls"]
         check_nfe(method, sampler, nfe, nfe_counted)
+        check_counted_work(method, sampler, audit)
         _sync(device)
         t0 = time.perf_counter()
         method.sample(1, sampler, nfe, aux)
@@ -312,6 +380,8 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
         "sampler_params": dict(method.sampler(sampler).params),
         "nfe": nfe,
         "nfe_counted": nfe_counted,
+        "flops_per_sample": audit["flops"],  # the warm-up sample's, counted as training FLOPs are
+        "network_flops_per_sample": audit["network_flops"],
         "n": n,
         "seconds": seconds,
         "samples_per_s": n / max(seconds, 1e-9),

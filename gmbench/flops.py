@@ -48,6 +48,11 @@ _FREE = {
 }
 
 
+# Reads of a few rows of a large tensor. The element rule charges them the whole input, which
+# is what the training meter keeps (its protocol); the sampling audit charges what they read.
+_GATHERS = {aten.index, aten.index_select, aten.gather, aten.embedding}
+
+
 def _mats(t: torch.Tensor) -> tuple[int, int, int]:
     """(batch, rows, columns) of a (batch of) matrices."""
     m, n = (t.shape[-2], t.shape[-1]) if t.dim() >= 2 else (1, t.numel())
@@ -158,10 +163,13 @@ class OpCostMode(TorchDispatchMode):
     Args:
         limit: raise :class:`AllowanceExceeded` once ``total`` exceeds it (None: no limit).
         what: how the limit's work is named in the error message.
+        gathers_by_output: charge index/gather/embedding reads by the values they return
+            instead of by their largest input (the sampling audit's convention).
     """
 
-    def __init__(self, limit: float | None = None, what: str = "work"):
+    def __init__(self, limit: float | None = None, what: str = "work", gathers_by_output: bool = False):
         super().__init__()
+        self.gathers_by_output = gathers_by_output
         self.matmul_flops = 0.0
         self.element_ops = 0.0
         self.limit = limit
@@ -180,6 +188,8 @@ class OpCostMode(TorchDispatchMode):
             self.matmul_flops += float(formula(*args, **kwargs, out_val=out))
         elif packet in _FORMULAS:  # counted with the matrix products: work with a formula
             self.matmul_flops += float(_FORMULAS[packet](*args, **kwargs))
+        elif self.gathers_by_output and packet in _GATHERS:
+            self.element_ops += float(_numel_of(out)[0])
         elif not func.is_view and packet not in _FREE:
             out_total, _ = _numel_of(out)
             largest_in = 0

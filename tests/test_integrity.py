@@ -6,9 +6,12 @@ the data's own density is rejected, and a method that trains while it is evaluat
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from gmbench.data.toy2d import EightGaussians
 from gmbench.metrics.base import EvalContext
+from gmbench.evaluate import UNCOUNTED_PER_VALUE, sampling_audit
+from gmbench.method import SamplerInfo
 from gmbench.metrics.memorisation import TEST_LEAK_FLAG, Memorisation
 from gmbench.records import RunSpec
 from gmbench.runner import run_one
@@ -36,9 +39,13 @@ class HeldOutCopier(GaussianFit):
     """Rebuilds the public held-out split and returns it as its samples."""
     name = "test-copier"
 
+    def training_step(self, stage, batch, step):
+        if not hasattr(self, "test"):  # rebuilt once, inside the metered budget
+            self.test = EightGaussians().split("test").x
+        return super().training_step(stage, batch, step)
+
     def sample(self, n, sampler, nfe, generator):
-        test = EightGaussians().split("test").x
-        return test[torch.randint(len(test), (n,), generator=generator)].to(self.device)
+        return self.test[:n].to(self.device)  # a view: no work the sampling audit would see
 
 
 class FakeLikelihood(GaussianFit):
@@ -75,6 +82,63 @@ class TrainsWhenBuilt(GaussianFit):
             opt.zero_grad()
             self._nll(x).mean().backward()
             opt.step()
+
+
+class DriftSampler(GaussianFit):
+    """Honest: after the Gaussian draw, ``nfe`` small steps of a network called as ``net(x)``."""
+    name = "drift"
+    samplers = (SamplerInfo("euler", adjustable_nfe=True, deterministic=False, default_nfe=10),)
+
+    def __init__(self, data, model_size="tiny"):
+        super().__init__(data, model_size)
+        self.drift = nn.Sequential(nn.Linear(data.dims, 256), nn.Tanh(), nn.Linear(256, data.dims))
+
+    def modules(self):
+        return {**super().modules(), "drift": self.drift}
+
+    def _step(self, x):
+        return self.drift(x)
+
+    def sample(self, n, sampler, nfe, generator):
+        x = super().sample(n, sampler, nfe, generator).flatten(1)
+        for _ in range(nfe):
+            x = x + 1e-3 * self._step(x)
+        return x.reshape(n, *self.data.shape)
+
+
+class DriftAroundTheCounter(DriftSampler):
+    """The same network, called through ``.forward``: no hook fires, so NFE reads 0."""
+    name = "drift-uncounted"
+
+    def _step(self, x):
+        return self.drift.forward(x)
+
+
+def test_the_sampling_audit_splits_one_samples_flops_between_the_networks_and_the_rest():
+    data = EightGaussians()
+    method = DriftSampler(data.spec())
+    audit = sampling_audit(method, "euler", 7, torch.Generator().manual_seed(0))
+    per_call = 2 * (2 * 256 + 256 * 2)  # two matrix products of one example (the rest is bias, tanh)
+    assert audit["calls"] == 7
+    assert 7 * per_call <= audit["network_flops"] <= 7 * 2 * per_call
+    assert 0 < audit["flops"] - audit["network_flops"] < 100  # the draw and the update rule
+    cheat = sampling_audit(DriftAroundTheCounter(data.spec()), "euler", 7, torch.Generator().manual_seed(0))
+    assert cheat["calls"] == 0 and cheat["network_flops"] == 0
+    assert cheat["flops"] == audit["flops"]  # the same work, none of it inside a counted call
+
+
+def test_a_network_called_around_the_nfe_counter_fails_the_run(fake_registries, tmp_path):
+    honest = run_one(_spec("drift"), fake_registries(DriftSampler), tmp_path / "honest")
+    assert honest["status"] == "ok", honest.get("error")
+    cells = honest["cost"]["sampling"]
+    assert cells and all(c["nfe_counted"] == c["nfe"] for c in cells)
+    assert all(c["network_flops_per_sample"] > 0.9 * c["flops_per_sample"] for c in cells)
+    rec = run_one(_spec("drift-uncounted"), fake_registries(DriftAroundTheCounter), tmp_path / "cheat")
+    assert rec["status"] == "failed"
+    assert "outside the networks" in rec["error"] and "module(x)" in rec["error"] and "\n" not in rec["error"]
+    # a network-free sampler's own arithmetic stays under the allowance
+    plain = sampling_audit(GaussianFit(EightGaussians().spec()), "direct", 1, torch.Generator().manual_seed(0))
+    assert plain["calls"] == 0 and plain["flops"] < UNCOUNTED_PER_VALUE * plain["values"]
 
 
 def test_every_sample_is_drawn_before_the_method_sees_a_test_example(fake_registries, tmp_path):

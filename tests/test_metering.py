@@ -136,6 +136,20 @@ def test_elementwise_and_reduction_ops_are_counted_per_element():
     assert mode.matmul_flops == 0 and mode.element_ops == 600
 
 
+def test_gathers_cost_their_input_on_the_meter_and_their_output_in_the_sampling_audit():
+    bank, idx = torch.randn(1000, 8), torch.tensor([3, 7])
+    counts = {}
+    for by_output in (False, True):
+        mode = OpCostMode(gathers_by_output=by_output)
+        with mode:
+            bank[idx]  # two rows
+            torch.nn.functional.embedding(idx, bank)
+            bank.index_select(0, idx)
+        counts[by_output] = mode.element_ops
+    assert counts[False] == 3 * 8000  # the meter's element rule: the largest input, unchanged
+    assert counts[True] == 3 * 16  # the audit: the 16 values read
+
+
 class GreedyPreparation(TwoStage):
     name = "probe-greedy-prep"
 
