@@ -317,7 +317,7 @@ def sampling_audit(method: Method, sampler: str, nfe: int, generator: torch.Gene
             sample = method.sample(1, sampler, nfe, generator)
     finally:
         counter.close()
-    values = sample.numel() if isinstance(sample, torch.Tensor) else 0
+    values = sample.numel() if isinstance(sample, torch.Tensor) else 0  # not a tensor: fails check_samples later
     return {"calls": counter.calls, "flops": cost.total, "network_flops": counter.network_flops, "values": values}
 
 
@@ -355,6 +355,18 @@ def check_nfe(method: Method, sampler: str, nfe: int, counted: int) -> None:
         )
 
 
+def check_batch_calls(method: Method, sampler: str, one_sample: int, batch: int) -> None:
+    """Fail when drawing the evaluation samples called the counted networks less often than
+    drawing one sample did: the NFE on the board comes from the one-sample call, so a sampler
+    must not run its networks around the counter only when it is given more than one."""
+    if method.sampler(sampler).adaptive:
+        return  # an adaptive solver may take fewer steps for a batch than for one sample
+    if batch < one_sample:
+        raise UncountedWork(
+            f"sampler {sampler!r} of {method.name!r} made {one_sample} counted network calls for one sample "
+            f"but {batch} for the evaluation batch; call each network as module(x) whatever the batch size")
+
+
 def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Generator, aux_seed: int) -> dict:
     device = method.device
     aux = torch.Generator(device=device).manual_seed(aux_seed)
@@ -371,10 +383,15 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
         latency = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        samples = method.sample(n, sampler, nfe, g)
-        _sync(device)
-        seconds = time.perf_counter() - t0
+        calls = _ForwardCounter(method)  # hooks only: no counting mode around the timed draw
+        try:
+            t0 = time.perf_counter()
+            samples = method.sample(n, sampler, nfe, g)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+        finally:
+            calls.close()
+        check_batch_calls(method, sampler, nfe_counted, calls.calls)
     cost = {
         "sampler": sampler,
         "sampler_params": dict(method.sampler(sampler).params),

@@ -114,6 +114,14 @@ class DriftAroundTheCounter(DriftSampler):
         return self.drift.forward(x)
 
 
+class DriftCountedOnlyAlone(DriftSampler):
+    """Honest for one sample (the call the host audits), around the counter for a batch."""
+    name = "drift-counted-alone"
+
+    def _step(self, x):
+        return self.drift(x) if len(x) == 1 else self.drift.forward(x)
+
+
 def test_the_sampling_audit_splits_one_samples_flops_between_the_networks_and_the_rest():
     data = EightGaussians()
     method = DriftSampler(data.spec())
@@ -136,6 +144,8 @@ def test_a_network_called_around_the_nfe_counter_fails_the_run(fake_registries, 
     rec = run_one(_spec("drift-uncounted"), fake_registries(DriftAroundTheCounter), tmp_path / "cheat")
     assert rec["status"] == "failed"
     assert "outside the networks" in rec["error"] and "module(x)" in rec["error"] and "\n" not in rec["error"]
+    rec = run_one(_spec("drift-counted-alone"), fake_registries(DriftCountedOnlyAlone), tmp_path / "alone")
+    assert rec["status"] == "failed" and "for the evaluation batch" in rec["error"], rec.get("error")
     # a network-free sampler's own arithmetic stays under the allowance
     plain = sampling_audit(GaussianFit(EightGaussians().spec()), "direct", 1, torch.Generator().manual_seed(0))
     assert plain["calls"] == 0 and plain["flops"] < UNCOUNTED_PER_VALUE * plain["values"]
