@@ -48,9 +48,10 @@ _FREE = {
 }
 
 
-# Reads of a few rows of a large tensor. The element rule charges them the whole input, which
-# is what the training meter keeps (its protocol); the sampling audit charges what they read.
-_GATHERS = {aten.index, aten.index_select, aten.gather, aten.embedding}
+# Reads of a few values of a large tensor. The element rule charges them the whole input,
+# which is what the training meter keeps (its protocol); the sampling audit charges what
+# they read.
+_GATHERS = {aten.index, aten.index_select, aten.gather, aten.embedding, aten.take}
 
 
 def _mats(t: torch.Tensor) -> tuple[int, int, int]:
@@ -142,16 +143,26 @@ class AllowanceExceeded(RuntimeError):
     """Work under an :class:`OpCostMode` with a ``limit`` went past it."""
 
 
-def _numel_of(obj) -> tuple[int, int]:
-    """(total elements, largest single tensor) of the tensors in ``obj`` (one level of lists)."""
+def _stored(t: torch.Tensor) -> int:
+    """Elements a tensor can really hold: an expanded (stride-0) view counts its storage once."""
+    try:
+        return min(t.numel(), t.untyped_storage().nbytes() // max(1, t.element_size()))
+    except (RuntimeError, NotImplementedError):  # tensors without storage (meta, wrappers)
+        return t.numel()
+
+
+def _numel_of(obj, stored: bool = False) -> tuple[int, int]:
+    """(total elements, largest single tensor) of the tensors in ``obj`` (one level of lists);
+    ``stored``: count each tensor's storage instead of its (possibly expanded) shape."""
+    size = _stored if stored else torch.Tensor.numel
     if isinstance(obj, torch.Tensor):
-        n = obj.numel()
+        n = size(obj)
         return n, n
     total = largest = 0
     if isinstance(obj, (list, tuple)):
         for item in obj:
             if isinstance(item, torch.Tensor):
-                n = item.numel()
+                n = size(item)
                 total += n
                 largest = max(largest, n)
     return total, largest
@@ -163,13 +174,16 @@ class OpCostMode(TorchDispatchMode):
     Args:
         limit: raise :class:`AllowanceExceeded` once ``total`` exceeds it (None: no limit).
         what: how the limit's work is named in the error message.
-        gathers_by_output: charge index/gather/embedding reads by the values they return
-            instead of by their largest input (the sampling audit's convention).
+        audit: the sampling audit's conventions instead of the training meter's: gathers
+            (index, gather, take, embedding) are charged the values they return, an input its
+            storage (so a huge expanded view of one number is not huge work), and the work
+            autograd runs in a backward pass (a sampler's gradients) is summed in ``backward``.
     """
 
-    def __init__(self, limit: float | None = None, what: str = "work", gathers_by_output: bool = False):
+    def __init__(self, limit: float | None = None, what: str = "work", audit: bool = False):
         super().__init__()
-        self.gathers_by_output = gathers_by_output
+        self.audit = audit
+        self.backward = 0.0
         self.matmul_flops = 0.0
         self.element_ops = 0.0
         self.limit = limit
@@ -180,6 +194,14 @@ class OpCostMode(TorchDispatchMode):
         return self.matmul_flops + self.element_ops
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.audit and torch._C._current_graph_task_id() != -1:  # inside autograd's backward
+            before = self.total
+            out = self._charge(func, args, kwargs)
+            self.backward += self.total - before
+            return out
+        return self._charge(func, args, kwargs)
+
+    def _charge(self, func, args, kwargs):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
@@ -188,13 +210,13 @@ class OpCostMode(TorchDispatchMode):
             self.matmul_flops += float(formula(*args, **kwargs, out_val=out))
         elif packet in _FORMULAS:  # counted with the matrix products: work with a formula
             self.matmul_flops += float(_FORMULAS[packet](*args, **kwargs))
-        elif self.gathers_by_output and packet in _GATHERS:
+        elif self.audit and packet in _GATHERS:
             self.element_ops += float(_numel_of(out)[0])
         elif not func.is_view and packet not in _FREE:
             out_total, _ = _numel_of(out)
             largest_in = 0
             for a in args:
-                largest_in = max(largest_in, _numel_of(a)[1])
+                largest_in = max(largest_in, _numel_of(a, stored=self.audit)[1])
             self.element_ops += float(max(out_total, largest_in))
         if self.limit is not None and self.total > self.limit:
             raise AllowanceExceeded(f"{self.what} used more than its allowance of {self.limit:.3g} FLOPs; "

@@ -10,7 +10,7 @@ from torch import nn
 
 from gmbench.data.toy2d import EightGaussians
 from gmbench.metrics.base import EvalContext
-from gmbench.evaluate import UNCOUNTED_PER_VALUE, sampling_audit
+from gmbench.evaluate import UNCOUNTED_PER_VALUE, check_counted_work, sampling_audit
 from gmbench.method import SamplerInfo
 from gmbench.metrics.memorisation import TEST_LEAK_FLAG, Memorisation
 from gmbench.records import RunSpec
@@ -133,6 +133,59 @@ def test_the_sampling_audit_splits_one_samples_flops_between_the_networks_and_th
     cheat = sampling_audit(DriftAroundTheCounter(data.spec()), "euler", 7, torch.Generator().manual_seed(0))
     assert cheat["calls"] == 0 and cheat["network_flops"] == 0
     assert cheat["flops"] == audit["flops"]  # the same work, none of it inside a counted call
+
+
+class TriesHalfPrecisionFirst(DriftSampler):
+    """Honest: a first call that raises inside the network is caught, then it samples."""
+    name = "drift-retries"
+
+    def sample(self, n, sampler, nfe, generator):
+        try:
+            self.drift(torch.zeros(n, 3))  # the wrong width: raises inside the listed network
+        except RuntimeError:
+            pass
+        return super().sample(n, sampler, nfe, generator)
+
+
+class ListsItsBackboneToo(DriftSampler):
+    """Honest: lists a wrapper and the backbone inside it (one call runs both)."""
+    name = "drift-nested"
+
+    def modules(self):
+        return {**super().modules(), "wrapper": nn.Sequential(self.drift)}
+
+    def _step(self, x):
+        return self.modules()["wrapper"](x)
+
+
+class LangevinOnAnEnergy(DriftSampler):
+    """Honest: steps along the gradient of a listed energy network (autograd's backward)."""
+    name = "langevin-energy"
+
+    def _step(self, x):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            energy = self.drift(x).pow(2).sum()
+            (grad,) = torch.autograd.grad(energy, x)
+        return -grad
+
+
+def test_the_audit_is_not_fooled_by_honest_samplers_with_unusual_calls():
+    spec, g = EightGaussians().spec(), torch.Generator
+    retried = sampling_audit(TriesHalfPrecisionFirst(spec), "euler", 4, g().manual_seed(0))
+    assert retried["calls"] == 5 and retried["network_flops"] > 0.9 * retried["flops"]  # the depth recovers
+    nested = sampling_audit(ListsItsBackboneToo(spec), "euler", 4, g().manual_seed(0))
+    assert nested["calls"] == 4  # one call of the wrapper, not two
+    langevin = sampling_audit(LangevinOnAnEnergy(spec), "euler", 4, g().manual_seed(0))
+    assert langevin["calls"] == 4 and langevin["network_flops"] > 0.9 * langevin["flops"]  # backward is network work
+
+    class ReturnsAList(GaussianFit):
+        def sample(self, n, sampler, nfe, generator):
+            return [super().sample(n, sampler, nfe, generator)]
+
+    listed = sampling_audit(ReturnsAList(spec), "direct", 1, g().manual_seed(0))
+    assert listed["values"] is None
+    check_counted_work(ReturnsAList(spec), "direct", listed)  # no verdict: check_samples rejects the type
 
 
 def test_a_network_called_around_the_nfe_counter_fails_the_run(fake_registries, tmp_path):

@@ -140,7 +140,7 @@ def test_gathers_cost_their_input_on_the_meter_and_their_output_in_the_sampling_
     bank, idx = torch.randn(1000, 8), torch.tensor([3, 7])
     counts = {}
     for by_output in (False, True):
-        mode = OpCostMode(gathers_by_output=by_output)
+        mode = OpCostMode(audit=by_output)
         with mode:
             bank[idx]  # two rows
             torch.nn.functional.embedding(idx, bank)
@@ -148,6 +148,21 @@ def test_gathers_cost_their_input_on_the_meter_and_their_output_in_the_sampling_
         counts[by_output] = mode.element_ops
     assert counts[False] == 3 * 8000  # the meter's element rule: the largest input, unchanged
     assert counts[True] == 3 * 16  # the audit: the 16 values read
+
+
+def test_the_audit_charges_an_expanded_view_its_storage_and_sums_backward_work():
+    for audit, expected in ((False, 10**9), (True, 1)):
+        mode = OpCostMode(audit=audit)
+        with mode:
+            torch.zeros(1).expand(10**9).sum()  # the decoy: a billion-element view of one number
+        assert mode.element_ops - 1 == expected  # + the one zero written
+    mode = OpCostMode(audit=True)
+    x = torch.randn(100, requires_grad=True)
+    with mode:
+        y = (x * x).sum()
+        before = mode.total
+        torch.autograd.grad(y, x)
+    assert mode.backward > 0 and mode.total - before - mode.backward == 1  # all but the seed gradient's one
 
 
 class GreedyPreparation(TwoStage):
