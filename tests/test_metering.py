@@ -165,6 +165,26 @@ def test_the_audit_charges_an_expanded_view_its_storage_and_sums_backward_work()
     assert mode.backward > 0 and mode.total - before - mode.backward == 1  # all but the seed gradient's one
 
 
+def test_fused_torch_layers_are_charged_their_matrix_products():
+    """nn.TransformerEncoderLayer's and nn.MultiheadAttention's inference fast paths are one op
+    each: charged what their unfused (grad-enabled) paths are; an LSTM its gate products."""
+    x = torch.randn(2, 8, 64)
+    layers = {"encoder": torch.nn.TransformerEncoderLayer(64, 4, 256, batch_first=True).eval(),
+              "attention": torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()}
+    for name, layer in layers.items():
+        charged = {}
+        for grad in (False, True):
+            mode = OpCostMode()
+            with torch.set_grad_enabled(grad), mode:
+                layer(x) if name == "encoder" else layer(x, x, x)
+            charged[grad] = mode.total
+        assert charged[False] == pytest.approx(charged[True], rel=0.1), (name, charged)
+    lstm, mode = torch.nn.LSTM(64, 64, batch_first=True), OpCostMode()
+    with torch.no_grad(), mode:
+        lstm(x)
+    assert mode.total >= 2 * 16 * (4 * 64 * 64 * 2)  # 16 steps of two (256 x 64) products
+
+
 class GreedyPreparation(TwoStage):
     name = "probe-greedy-prep"
 
