@@ -512,6 +512,10 @@ def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> d
         "chosen_on": sel.note if sel else None,
         "samples_per_s": _mean([c.get("samples_per_s") for r in scored for c in (r.get("cost") or {}).get("sampling", [])
                                 if sel and (c.get("sampler"), c.get("nfe")) == (sel.sampler, sel.nfe)]),
+        # counted FLOPs of one sample at the chosen setting (the host's sampling audit; records
+        # written before it have none): sampling cost that does not depend on the machine
+        "sample_flops": _median([c.get("flops_per_sample") for r in scored for c in (r.get("cost") or {}).get("sampling", [])
+                                 if sel and (c.get("sampler"), c.get("nfe")) == (sel.sampler, sel.nfe)]),
         "likelihood": _likelihood(_model_values(values_frame(scored, statuses=("ok", "incomplete")))),
         "copies": _copies(scored, sel),
         "params": _median([(r.get("cost") or {}).get("params") for r in scored]),
@@ -726,6 +730,7 @@ def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
         "vs group lead": md_escape(r["vs_lead"]) if r["vs_lead"] else "—",
         "copies": _copies_cell(r["copies"], flag_it=not r.get("floor")),
         "samples/s": fmt(r["samples_per_s"], ".3g"),
+        "FLOPs/sample": fmt(r.get("sample_flops"), ".3g"),
         "backbone": "—" if r.get("floor") or not r["backbone"] else md_escape("; ".join(r["backbone"])),
         "params": fmt(r["params"], ",.0f"),
         "train FLOPs": fmt(r["train_flops"], ".3g"),
@@ -795,6 +800,8 @@ def render_board(board: Board, generator_version: str) -> str:
         headers.remove("copies")
     if not any(r["backbone"] for r in board.ranking):  # records from before runs recorded it
         headers.remove("backbone")
+    if all(math.isnan(r.get("sample_flops", math.nan)) for r in board.ranking):  # before the sampling audit
+        headers.remove("FLOPs/sample")
     lines += [tabulate([[row[h] for h in headers] for row in table],
                        headers=[m if h == "metric" else h for h in headers], tablefmt="github", disable_numparse=True), ""]
 

@@ -455,6 +455,17 @@ def test_counted_nfe_is_shown_where_recorded(tmp_path):
     assert {r["method"]: r["sampler @ NFE"] for r in rows} == {"ode": "dopri @ 62", "plain": "euler @ 10"}
 
 
+def test_flops_per_sample_is_shown_where_recorded(tmp_path):
+    recs = [make_record("ode", s, {("swd", "dopri", 10): 0.2 + s / 100}) for s in range(3)]
+    for rec, flops in zip(recs, (3e6, 1e6, 2e6)):
+        rec["cost"] = {"sampling": [{"sampler": "dopri", "nfe": 10, "samples_per_s": 5.0, "flops_per_sample": flops},
+                                    {"sampler": "dopri", "nfe": 20, "flops_per_sample": 9e9}]}  # another setting
+    _, rows = board_rows(tmp_path, recs)
+    assert rows[0]["FLOPs/sample"] == "2e+06"  # the median of the chosen setting's seeds
+    _, rows = board_rows(tmp_path / "old", standard_records())
+    assert "FLOPs/sample" not in rows[0]  # records from before the sampling audit: no column
+
+
 def test_memorising_runs_are_flagged(tmp_path):
     recs = [make_record("copycat", 0, {("swd", "s", 1): 0.1, ("copy_share", "s", 1): 0.8}),
             make_record("honest", 0, {("swd", "s", 1): 0.2, ("copy_share", "s", 1): 0.04})]
