@@ -291,8 +291,8 @@ class UncountedWork(NFEMismatch):
 
 
 # A sampler's own arithmetic (update rules, noise, solver error norms, a softmax over the
-# vocabulary) is far below one network call: measured on every built-in sampler it is under
-# 3% of the counted networks' FLOPs (docs/integrity.md). Work outside the counted networks
+# vocabulary) is far below one network call: measured on every built-in sampler it is at
+# most 1.1% of the counted networks' FLOPs (docs/integrity.md). Work outside the counted networks
 # above this share plus a small allowance means a network ran without being counted
 # (``net.forward(x)``, submodules one by one, a copy outside ``modules()``), which would put a
 # smaller NFE than the true one on the board.
@@ -327,12 +327,7 @@ def sampling_audit(method: Method, sampler: str, nfe: int, generator: torch.Gene
 
 def counted_nfe(method: Method, sampler: str, nfe: int, generator: torch.Generator) -> int:
     """Network forward calls ``method.sample(1, sampler, nfe)`` makes: the NFE of one sample."""
-    counter = _ForwardCounter(method)
-    try:
-        method.sample(1, sampler, nfe, generator)
-    finally:
-        counter.close()
-    return counter.calls
+    return sampling_audit(method, sampler, nfe, generator)["calls"]
 
 
 def check_counted_work(method: Method, sampler: str, audit: dict) -> None:
