@@ -79,12 +79,18 @@ def test_milestone_callback_runs_in_eval_mode_and_leaves_training_unchanged():
     from gmbench.data.toy2d import EightGaussians
     from tests.plugins.fake_methods import GaussianFit
 
+    class Jittered(GaussianFit):
+        # its steps draw from torch's global generator, as real methods' do: a callback that
+        # consumed that stream without the host restoring it would change the trained weights
+        def training_step(self, stage, batch, step):
+            return super().training_step(stage, batch + 0.01 * torch.randn_like(batch), step)
+
     data = EightGaussians()
     seen = []
 
     def trained(on_milestone):
         torch.manual_seed(0)
-        method = GaussianFit(data.spec(), model_size="tiny")
+        method = Jittered(data.spec(), model_size="tiny")
         seen_method.append(method)
         reports = train(method, data.split("train").x, TINY_BUDGET, "toy2d", torch.Generator().manual_seed(0),
                         milestones=(0.5,), on_milestone=on_milestone)

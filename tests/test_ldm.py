@@ -32,7 +32,6 @@ from gmbench.data.digits import Digits
 from gmbench.evaluate import check_nfe, counted_nfe
 from gmbench.flops import count_cost
 from gmbench.method import MethodError
-from gmbench.metrics.distances import sliced_wasserstein
 from gmbench.testing import MethodConformance
 from gmbench.training import train
 from gmbench_methods.diffusion.kl_autoencoder import DiagonalGaussian
@@ -91,8 +90,12 @@ def test_kl_term_is_the_diagonal_gaussian_closed_form():
     assert float(one.kl()) == pytest.approx(0.5 * 4)
     assert float(DiagonalGaussian(torch.zeros(1, 2, 2, 2)).kl()) == 0.0
     # samples have the posterior's moments
-    z = torch.stack([q.sample(gen(s)) for s in range(2000)])
-    assert torch.allclose(z.mean(0), mean, atol=0.25 * float(q.std.max()))
+    n = 2000
+    z = torch.stack([q.sample(gen(s)) for s in range(n)])
+    # per element: the mean within 5 standard errors, the standard deviation within 10%
+    # (its standard error is sigma / sqrt(2n) = 1.6% of sigma)
+    assert ((z.mean(0) - mean).abs() < 5 * q.std / n ** 0.5).all()
+    assert ((z.std(0) / q.std - 1).abs() < 0.1).all()
 
 
 def test_autoencoder_loss_is_reconstruction_plus_weighted_kl():
@@ -320,24 +323,21 @@ def test_registered_through_the_entry_point_with_its_claims():
 # ------------------------------------------------------------------ learning
 
 
-def test_learns_digits_at_the_smoke_budget():
+def test_learns_digits_at_the_smoke_budget(tmp_path):
+    from tests.image_baselines import image_scores, pixel_gaussian
+
     ds = digits()
-    budget = dataclasses.replace(SMOKE, train_flops={"image": SMOKE.flops_for("image") / 4})  # a quarter: test time
     train_x, test_x = ds.split("train").x, ds.split("test").x
     torch.manual_seed(0)
-    method = LDM(ds.spec(), model_size=budget.model_size)
-    untrained = method.sample(256, "ddim", 10, gen(1))
-    reports = train(method, train_x, budget, "image", gen(0))
-    assert sum(r.flops for r in reports) <= budget.flops_for("image")
+    method = LDM(ds.spec(), model_size=SMOKE.model_size)
+    reports = train(method, train_x, SMOKE, "image", gen(0))
+    assert sum(r.flops for r in reports) <= SMOKE.flops_for("image")
     samples = method.sample(256, "ddim", 10, gen(1))
     assert samples.shape == (256, 1, 8, 8) and samples.abs().max() <= 1
-
-    def swd(x):
-        return sliced_wasserstein(x.flatten(1), test_x.flatten(1))
-
-    noise = torch.randn((256, 1, 8, 8), generator=gen(2)).clamp(-1, 1)
-    got, base_untrained, base_noise = swd(samples), swd(untrained), swd(noise)
-    assert got < 0.5 * min(base_untrained, base_noise), (got, base_untrained, base_noise)
+    got = image_scores(samples, ds, tmp_path)
+    base = image_scores(pixel_gaussian(train_x, 256, gen(2)), ds, tmp_path)
+    # measured: FID 47 against the per-pixel Gaussian's 212 (sliced W2 0.13 against 0.155)
+    assert got["fid"] < 0.5 * base["fid"] and got["swd"] < base["swd"], (got, base)
     # the autoencoder learned too: held-out reconstructions far closer than the mean image
     with torch.no_grad():
         rec = method.decode(method.posterior(test_x).mean).clamp(-1, 1)

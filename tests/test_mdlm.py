@@ -517,13 +517,17 @@ def test_one_step_bound_is_the_marginals_code_length():
     assert float(bound.mean()) > float(-markov_log_prob(x).mean())  # looser than -log p(x) on average
 
 
-def test_likelihood_steps_is_exact_for_the_unigram_denoiser_at_every_step_count():
-    # for i.i.d. tokens and the true unigram denoiser, E[masked CE | t] / t is constant in t,
-    # so every T-step bound equals -log p(x) in expectation (as the continuous one)
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+def test_likelihood_steps_is_exact_for_the_unigram_denoiser_at_every_step_count(schedule):
+    # for i.i.d. tokens and the true unigram denoiser a token is masked at t_i with probability
+    # 1 - alpha(t_i) and costs H; the T-step weight T (alpha(t_i - 1/T) - alpha(t_i)) / (1 - alpha(t_i))
+    # over t_i uniform on the grid sums to (alpha(0) - alpha(1)) L H = L H for any schedule, so
+    # every T-step bound equals -log p(x) in expectation (as the continuous one): this checks
+    # the discrete weight independently of its formula, the cosine schedule's included
     n, length = 3000, 8
     x = iid_tokens(n, length, seed=5)
     exact = -P.log()[x].sum(1)
-    method = unigram_mdlm(length)
+    method = unigram_mdlm(length, schedule=schedule)
     for steps in (1, 3, 100):
         err = -method.log_likelihood_steps(x, gen(6), steps=steps) - exact
         se = float(err.std() / math.sqrt(n))

@@ -104,6 +104,28 @@ def test_a_plugin_may_add_a_budget():
 
 
 def test_external_plugins_can_be_blocked(monkeypatch):
+    import types
+
+    from gmbench import plugins
+    from tests.plugins.fake_methods import GaussianFit
+
+    class Outside(GaussianFit):
+        name = "outside-gmm"
+
+    class _Dist:  # a third-party distribution's entry point, whether or not one is installed here
+        name, version = "gmbench-outside", "0.1.0"
+
+    class _EntryPoint:
+        name, dist = "outside", _Dist()
+
+        def load(self):
+            return Methods(Outside)
+
+    installed = plugins.md.entry_points
+    monkeypatch.setattr(plugins, "md", types.SimpleNamespace(
+        entry_points=lambda group: [*installed(group=group), _EntryPoint()]))
+    assert "outside-gmm" in _registries(entrypoints=True).methods.names()  # loaded by default
     monkeypatch.setenv("GMBENCH_DISABLE_EXTERNAL_PLUGINS", "1")
     reg = _registries(entrypoints=True)
+    assert "outside-gmm" not in reg.methods.names() and "ddpm" in reg.methods.names()
     assert all(reg.methods.origin(n).startswith("gmbench ") for n in reg.methods.names())
