@@ -3,7 +3,10 @@
 Every record carries ``cost.profile``: seconds of training (``train_s``), of the mid-training
 curve points (``curve_s``), of sampling over the NFE grid (``sampling_s``), of the model's own
 likelihood (``likelihood_s``) and of the sample metrics (``sample_metrics_s``), plus the run's
-start and finish times. This script tabulates them per method and dataset (mean over seeds),
+start and finish times. ``train_s`` here is the record's ``train.seconds`` (summed over the
+attempts of a run resumed from a training checkpoint; the profile holds only the last
+process's); the other phases and ``run_s`` are the last attempt's, and the ``resumed`` column
+counts such runs. This script tabulates them per method and dataset (mean over seeds),
 sums them, and reports the wall time of the whole folder (first start to last finish), so a
 change to the host can be judged by the phase it should shorten.
 
@@ -37,9 +40,13 @@ def load(folder: Path) -> pd.DataFrame:
         label = rec["method"] + ("[" + ", ".join(f"{k}={v}" for k, v in sorted((rec.get("hparams") or {}).items())) + "]"
                                  if rec.get("hparams") else "")
         start, end = (datetime.fromisoformat(rec[k]) for k in ("started_at", "finished_at"))
-        rows.append({"method": label, "dataset": rec["dataset"], "seed": rec["seed"],
-                     **{p: float(profile.get(p) or 0.0) for p in PHASES},
-                     "run_s": (end - start).total_seconds(), "start": start, "end": end})
+        phases = {p: float(profile.get(p) or 0.0) for p in PHASES}
+        # the profile times the process that wrote the record; a run resumed from a training
+        # checkpoint trained partly in earlier processes, which `train.seconds` sums
+        phases["train_s"] = float((rec.get("train") or {}).get("seconds") or phases["train_s"])
+        rows.append({"method": label, "dataset": rec["dataset"], "seed": rec["seed"], **phases,
+                     "run_s": (end - start).total_seconds(), "resumed": bool(rec.get("resumed")),
+                     "start": start, "end": end})
     if not rows:
         raise SystemExit(f"{folder}: no ok trained records")
     return pd.DataFrame(rows)
@@ -54,6 +61,7 @@ def main() -> None:
     fmt = "github" if args.markdown else "simple"
     per = df.groupby(["dataset", "method"])[[*PHASES, "run_s"]].mean().round(1)
     per["seeds"] = df.groupby(["dataset", "method"]).size()
+    per["resumed"] = df.groupby(["dataset", "method"])["resumed"].sum()  # their run_s is the last attempt's
     print(tabulate(per.reset_index(), headers="keys", tablefmt=fmt, showindex=False))
     total = df[[*PHASES, "run_s"]].sum()
     print()
