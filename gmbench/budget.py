@@ -204,12 +204,14 @@ def cap_scale() -> float:
     raw = os.environ.get(CAP_SCALE_ENV, "").strip()
     if not raw:
         return 1.0
+    from gmbench.errors import EnvironmentSettingError
+
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"${CAP_SCALE_ENV}={raw!r}: give a positive number, e.g. 4") from None
-    if not value > 0:
-        raise ValueError(f"${CAP_SCALE_ENV}={raw!r}: give a positive number, e.g. 4")
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise EnvironmentSettingError(f"${CAP_SCALE_ENV}={raw!r}: give a positive number, e.g. 4, or unset it")
     return value
 
 

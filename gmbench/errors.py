@@ -13,3 +13,8 @@ class DatasetUnavailableError(RuntimeError):
 
 class MethodError(RuntimeError):
     """A method broke its contract (wrong shape, NaN, unknown sampler...)."""
+
+
+class EnvironmentSettingError(ValueError):
+    """A gmbench environment variable with a value it cannot use ($GMBENCH_CAP_SCALE, ...);
+    the message names the variable and what to give."""

@@ -415,6 +415,7 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
 
 
 def _run_metric(metric: Metric, ctx: EvalContext, sampler, nfe, samples=None, method=None) -> list[dict]:
+    from gmbench.metrics.base import SKIPPED_OUTPUTS
     from gmbench.metrics.likelihood import STDERR
 
     base = {"metric": metric.name, "version": metric.version, "sampler": sampler, "nfe": nfe}
@@ -430,10 +431,13 @@ def _run_metric(metric: Metric, ctx: EvalContext, sampler, nfe, samples=None, me
     seconds = time.perf_counter() - t0
     values = dict(values)
     stderr = values.pop(STDERR, None)
+    skipped = values.pop(SKIPPED_OUTPUTS, None) or {}
     out = []
     for i, (name, value) in enumerate(values.items()):
         value = None if value is None else float(value)
         entry = {**base, "name": name, "value": value, "seconds": seconds}
+        if value is None and name in skipped:
+            entry["skipped"] = str(skipped[name])
         if value is not None and not math.isfinite(value):  # JSON records hold no NaN/inf
             entry.update(value=None, error=f"{metric.name} returned {value} for {name}")
         if metric.likelihood_values and method is not None:

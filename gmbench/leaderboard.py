@@ -122,6 +122,18 @@ def validate_record(rec: dict) -> None:
         raise bad(f"'status' is {rec['status']!r}, not one of {', '.join(STATUSES)}")
     if not isinstance(rec.get("hparams") or {}, dict):
         raise bad(f"'hparams' is {rec['hparams']!r}, not an object")
+    fingerprint = rec.get("fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise bad(f"'fingerprint' is {fingerprint!r}, not a string (the protocol's hash)")
+    for f in ("cost", "train", "provenance", "load", "eval_resumed"):
+        if rec.get(f) is not None and not isinstance(rec[f], dict):
+            raise bad(f"{f!r} is {rec[f]!r}, not an object")
+    sampling = (rec.get("cost") or {}).get("sampling")
+    if sampling is not None and not (isinstance(sampling, list) and all(isinstance(s, dict) for s in sampling)):
+        raise bad("'cost.sampling' is not a list of objects")
+    stages = (rec.get("train") or {}).get("stages")
+    if stages is not None and not (isinstance(stages, list) and all(isinstance(s, dict) for s in stages)):
+        raise bad("'train.stages' is not a list of objects")
     if rec.get("budget_spent") is not None and not number(rec["budget_spent"]):
         raise bad(f"'budget_spent' is {rec['budget_spent']!r}, not a number")
     metrics = rec.get("metrics") or []

@@ -149,6 +149,11 @@ def read_samples(path: str | Path):
     if path.is_dir():
         return _read_image_folder(path)
     if suffix in (".npy", ".npz"):
+        magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}[suffix]  # NumPy's header; a .npz is a zip archive
+        with open(path, "rb") as fh:
+            if fh.read(len(magic)) != magic:
+                raise LoadError(f"{path.name} is not a {suffix} file (no NumPy {'header' if suffix == '.npy' else 'zip archive'}); "
+                                f"save the samples with numpy.{'save' if suffix == '.npy' else 'savez'}")
         try:
             data = np.load(path, allow_pickle=False)
         except ValueError as exc:

@@ -45,8 +45,15 @@ def _checkpoint_every_steps() -> int | None:
     """``$GMBENCH_CHECKPOINT_EVERY_STEPS``: also checkpoint every N steps (tests of preemption)."""
     import os
 
+    from gmbench.errors import EnvironmentSettingError
+
     raw = os.environ.get("GMBENCH_CHECKPOINT_EVERY_STEPS", "").strip()
-    return int(raw) if raw else None
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise EnvironmentSettingError(f"$GMBENCH_CHECKPOINT_EVERY_STEPS={raw!r}: give a positive whole number "
+                                      "of training steps, or unset it")
+    return int(raw)
 
 
 @dataclass

@@ -319,6 +319,11 @@ MALFORMED = [
     (lambda r: r["metrics"][-1].update(nfe="ten"), "metric 'swd' has nfe 'ten', not an integer"),
     (lambda r: r.update(status="done"), "'status' is 'done', not one of ok, failed, incomplete"),
     (lambda r: r.update(metrics={"swd": 1}), "'metrics' is not a list"),
+    (lambda r: r.update(fingerprint={"x": 1}), "'fingerprint' is {'x': 1}, not a string"),
+    (lambda r: r.update(cost="oops"), "'cost' is 'oops', not an object"),
+    (lambda r: r.update(train="x"), "'train' is 'x', not an object"),
+    (lambda r: r.update(provenance="x"), "'provenance' is 'x', not an object"),
+    (lambda r: r.update(cost={"sampling": "x"}), "'cost.sampling' is not a list of objects"),
 ]
 
 
@@ -331,7 +336,8 @@ def test_malformed_record_is_exit_2_in_compare_and_leaderboard(tmp_path, spoil, 
     spoil(target)
     base = write(tmp_path / "base", recs)
     cur = write(tmp_path / "cur", bad)
-    for args in (["compare", base, cur], ["compare", cur, base], ["leaderboard", cur, "--out", tmp_path / "lb"]):
+    for args in (["compare", base, cur], ["compare", cur, base], ["leaderboard", cur, "--out", tmp_path / "lb"],
+                 ["claims", cur]):
         res = invoke(*args)
         assert res.exit_code == 2, (args, res.output)
         one_line_error(res, needle)
@@ -383,3 +389,24 @@ def test_an_uncached_hub_dataset_offline_is_one_line_before_any_run(tmp_path, no
     res = invoke("run", "--plugins", "vae", "--datasets", "digits", "--budget", "smoke", "--out", tmp_path)
     assert res.exit_code == 0, res.output
     assert opened == []
+
+
+# -- 5. environment variables -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("var, value, needle", [
+    ("GMBENCH_CAP_SCALE", "abc", "$GMBENCH_CAP_SCALE='abc': give a positive number"),
+    ("GMBENCH_CAP_SCALE", "-1", "$GMBENCH_CAP_SCALE='-1': give a positive number"),
+    ("GMBENCH_CHECKPOINT_EVERY_STEPS", "abc", "$GMBENCH_CHECKPOINT_EVERY_STEPS='abc': give a positive whole number"),
+    ("GMBENCH_CHECKPOINT_EVERY_STEPS", "0", "$GMBENCH_CHECKPOINT_EVERY_STEPS='0': give a positive whole number"),
+])
+def test_a_bad_environment_variable_is_one_line_before_anything_is_written(tmp_path, no_work, monkeypatch, var, value,
+                                                                             needle):
+    monkeypatch.setenv(var, value)
+    out = tmp_path / "out"
+    res = invoke("run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke", "--out", out)
+    assert res.exit_code == 1
+    one_line_error(res, needle)
+    assert not out.exists()
+    if var == "GMBENCH_CAP_SCALE":  # the caps it scales are listed by `gmbench budgets`
+        one_line_error(invoke("budgets", "list"), needle)

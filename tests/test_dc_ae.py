@@ -314,6 +314,22 @@ def test_reconstruction_metric_scores_perfect_and_mean_reconstructions(tmp_path)
         metric.score_model(type("NoDecoder", (), {"name": "no-decoder"})(), ctx)
 
 
+def test_rfid_without_extractor_weights_is_skipped_with_its_reason_and_psnr_stands(tmp_path):
+    from gmbench.data.digits import Digits
+    from gmbench.evaluate import _run_metric
+
+    class Renamed(Digits):  # a dataset gmbench ships no feature extractor for
+        name = "digits-renamed"
+
+    ctx = EvalContext(dataset=Renamed(), n_samples=64, seed=0, cache_dir=str(tmp_path), split="test")
+    entries = {e["name"]: e for e in _run_metric(ReconstructionQuality(), ctx, None, None,
+                                                  method=Reconstructor(lambda x: x.clone()))}
+    assert set(entries) == {"psnr", "rfid"}
+    assert entries["psnr"]["value"] == pytest.approx(100.0) and "skipped" not in entries["psnr"]
+    assert entries["rfid"]["value"] is None
+    assert "train_feature_extractor.py --dataset digits-renamed" in entries["rfid"]["skipped"]
+
+
 # ------------------------------------------------------------------ registration and conformance
 
 

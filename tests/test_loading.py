@@ -232,6 +232,9 @@ def _npy(tmp_path, array, name="s.npy", allow_pickle=False) -> Path:
         ("synthlang", lambda p: _npy(p, np.zeros((8, 64), np.float32)), "must be integer token ids"),
         ("synthlang", lambda p: (p / "t.txt").write_text("too short\n") and p / "t.txt", "every sample line must have exactly"),
         ("8gaussians", lambda p: (p / "s.pkl").write_bytes(b"\x80") and p / "s.pkl", "never unpickles"),
+        ("8gaussians", lambda p: (p / "bad.npy").write_bytes(b"garbage") and p / "bad.npy",
+         r"bad.npy is not a .npy file \(no NumPy header\); save the samples with numpy.save"),
+        ("8gaussians", lambda p: (p / "bad.npz").write_bytes(b"garbage") and p / "bad.npz", r"bad.npz is not a .npz file"),
     ],
 )
 def test_bad_external_samples_are_refused_in_one_line(tmp_path, dataset, make, message):

@@ -13,13 +13,13 @@ class _Group(click.Group):
     """Turns gmbench's expected errors into one-line messages, not tracebacks."""
 
     def invoke(self, ctx):
-        from gmbench.errors import DatasetUnavailableError, MethodError
+        from gmbench.errors import DatasetUnavailableError, EnvironmentSettingError, MethodError
         from gmbench.records import RecordError
         from gmbench.registry import RegistryError
 
         try:
             return super().invoke(ctx)
-        except (RegistryError, RecordError, MethodError, DatasetUnavailableError) as exc:
+        except (RegistryError, RecordError, MethodError, DatasetUnavailableError, EnvironmentSettingError) as exc:
             raise click.ClickException(str(exc)) from None
 
 

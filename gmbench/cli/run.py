@@ -73,6 +73,7 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
 
     if online:
         os.environ.pop("HF_DATASETS_OFFLINE", None)
+    _check_environment()
     reg = Registries()
     seed_list = _parse_seeds(seeds)
     if datasets:
@@ -365,3 +366,13 @@ def metric_description(reg, output_name: str) -> str:
             if out.name == output_name:
                 return out.description or metric.description
     return ""
+
+
+def _check_environment() -> None:
+    """gmbench's environment variables parse, before anything is written (a bad value would
+    otherwise surface in the middle of the sweep, or as a failed record for every run)."""
+    from gmbench.budget import cap_scale
+    from gmbench.runner import _checkpoint_every_steps
+
+    cap_scale()
+    _checkpoint_every_steps()

@@ -47,6 +47,12 @@ class MetricSkipped(RuntimeError):
     """A metric that cannot run here (missing optional weights); the message says how to enable it."""
 
 
+#: key of a metric's result dict for outputs it could not score while others stand:
+#: ``{"psnr": 31.2, "rfid": None, SKIPPED_OUTPUTS: {"rfid": "why, and how to enable it"}}``;
+#: the record keeps the reason beside the missing value, as for a skipped metric
+SKIPPED_OUTPUTS = "_skipped"
+
+
 @dataclass(frozen=True)
 class MetricOutput:
     """One number a metric produces."""
@@ -144,7 +150,8 @@ class Metric(ABC):
         return dataset.modality in self.modalities
 
     def compute(self, ctx: EvalContext, samples: torch.Tensor | None = None, method: "Method | None" = None) -> dict:
-        """Return ``{output_name: value}``; values are floats (or None if undefined).
+        """Return ``{output_name: value}``; values are floats (or None if undefined; an output
+        skipped for a reason names it under :data:`SKIPPED_OUTPUTS`).
 
         For ``kind="samples"`` ``samples`` is given; for ``kind="model"`` ``method``.
         """

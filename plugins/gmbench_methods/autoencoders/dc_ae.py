@@ -68,7 +68,7 @@ from torch import nn
 from gmbench import hookimpl
 from gmbench.data.base import DataSpec
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
-from gmbench.metrics.base import EvalContext, Metric, MetricOutput, MetricSkipped
+from gmbench.metrics.base import SKIPPED_OUTPUTS, EvalContext, Metric, MetricOutput, MetricSkipped
 
 LOSSES = ("l1", "l2")
 MAX_WIDTH_MULT = 4
@@ -293,8 +293,8 @@ class ReconstructionQuality(Metric):
         out = {"psnr": psnr_db(recon, x, spec.value_range), "rfid": None}
         try:
             out["rfid"] = fidelity.score_samples(recon, ref_ctx)["fid"]
-        except MetricSkipped:
-            pass  # no extractor weights here: PSNR still stands
+        except MetricSkipped as exc:  # no extractor weights here: PSNR still stands, the record says why
+            out[SKIPPED_OUTPUTS] = {"rfid": str(exc)}
         return out
 
 
