@@ -65,11 +65,17 @@ class Budget:
     def train_cap_for(self, modality: str, device: str = "cpu") -> float:
         """The training wall-clock cap in force for ``modality`` on ``device`` (seconds):
         ``wall_clock_s`` (or the derived cap) times :func:`cap_scale`."""
+        return self.base_train_cap_for(modality, device) * cap_scale()
+
+    def base_train_cap_for(self, modality: str, device: str = "cpu") -> float:
+        """The training cap before ``$GMBENCH_CAP_SCALE``: ``wall_clock_s``, or where the budget
+        states none, its FLOPs for ``modality`` at a conservative rate for ``device``, at least
+        ``MIN_DERIVED_CAP_S``."""
         if self.wall_clock_s is not None:
-            return float(self.wall_clock_s) * cap_scale()
+            return float(self.wall_clock_s)
         kind = str(device).split(":")[0]
         rate = CONSERVATIVE_FLOPS_PER_S.get(kind, CONSERVATIVE_FLOPS_PER_S["cpu"])
-        return max(MIN_DERIVED_CAP_S, self.flops_for(modality) / rate) * cap_scale()
+        return max(MIN_DERIVED_CAP_S, self.flops_for(modality) / rate)
 
     @property
     def train_cap_s(self) -> float:

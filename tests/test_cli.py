@@ -35,6 +35,21 @@ def test_datasets_and_budgets_lists():
     assert "smoke" in text and "nfe_grid" in text
 
 
+def test_budgets_list_shows_the_training_cap_each_modality_runs_under(monkeypatch):
+    from gmbench.budget import SMOKE
+
+    # smoke states no cap: each modality's is derived from its own FLOPs (a toy2d run stops at
+    # 200 s, not at the image cap); the listing gives them before $GMBENCH_CAP_SCALE
+    monkeypatch.setenv("GMBENCH_CAP_SCALE", "4")
+    assert SMOKE.train_cap_for("toy2d") == 4 * SMOKE.base_train_cap_for("toy2d")
+    smoke = {r["name"]: r for r in json.loads(_invoke("budgets", "list", "--json").output)}["smoke"]
+    assert smoke["train_cap_s"] == {m: SMOKE.base_train_cap_for(m) for m in SMOKE.train_flops}
+    assert smoke["train_cap_s"]["toy2d"] < smoke["train_cap_s"]["image"]
+    line = next(line for line in _invoke("budgets", "list").output.splitlines() if line.startswith("smoke"))
+    caps = ", ".join(f"{m} {SMOKE.base_train_cap_for(m):.0f}" for m in SMOKE.train_flops)
+    assert f"{caps} (derived, CPU)" in line
+
+
 def test_bad_names_are_one_line_errors(tmp_path):
     for args, needle in [
         (["run", "--plugins", "dpm", "--out", str(tmp_path)], "Did you mean 'ddpm'"),
