@@ -128,7 +128,10 @@ class Row:
 @dataclass
 class Comparison:
     rows: list[Row] = field(default_factory=list)
+    #: runs judged: in both sets, plus (without shared_only) those only in one, each a run-level row
     runs: int = 0
+    #: runs in both sets: the only ones whose values are compared
+    shared: int = 0
     #: with shared_only: runs left out because one set lacks them, by which set has them
     not_shared: dict[str, int] = field(default_factory=dict)
 
@@ -166,7 +169,7 @@ def compare_records(
     seed_sd = _seed_sds(baseline)
 
     keys = set(base) | set(cur)
-    out = Comparison()
+    out = Comparison(shared=len(set(base) & set(cur)))
     if shared_only:
         keys = set(base) & set(cur)
         out.not_shared = {"baseline": len(set(base) - keys), "current": len(set(cur) - keys)}
@@ -239,7 +242,10 @@ def _compare_values(head, b, c, directions, tolerances, default, seed_sd) -> lis
             raise CompareError(f"tolerance {tol} for {name!r} needs at least 2 seeds of {head['method']} on "
                                f"{head['dataset']}/{head['budget']} in the baseline; add seeds or an abs/rel part")
         worse = (cv[k] - bv[k]) if direction == "lower" else (bv[k] - cv[k])
-        verdict = "regressed" if worse > allowed else "improved" if -worse > allowed else "ok"
+        # a change equal to the tolerance is within it (floating-point slack: 0 -> 0.01 against
+        # abs:0.01 must read ok, not regressed by a last-digit rounding)
+        slack = allowed * (1 + 1e-9) + 1e-12
+        verdict = "regressed" if worse > slack else "improved" if -worse > slack else "ok"
         rows.append(Row(**common, verdict=verdict, allowed=allowed, tolerance=str(tol), direction=direction))
     return rows
 
@@ -288,7 +294,8 @@ def _change(r: Row) -> str:
 def render(cmp: Comparison, fmt: str = "text", show_all: bool = False) -> str:
     """The comparison as a text table, a markdown table (escaped) or JSON."""
     if fmt == "json":
-        return json.dumps({"failed": cmp.failed, "counts": cmp.counts(), "runs": cmp.runs, "not_shared": cmp.not_shared,
+        return json.dumps({"failed": cmp.failed, "counts": cmp.counts(), "runs": cmp.runs, "shared": cmp.shared,
+                           "not_shared": cmp.not_shared,
                            "rows": [asdict(r) for r in cmp.rows]}, indent=2, sort_keys=True)
     esc = md_escape if fmt == "markdown" else (lambda s: " ".join(str(s).splitlines()))
     shown = [r for r in cmp.rows if show_all or r.verdict != "ok"]
@@ -310,9 +317,22 @@ def render(cmp: Comparison, fmt: str = "text", show_all: bool = False) -> str:
 
 
 def summary_line(cmp: Comparison) -> str:
-    counts = ", ".join(f"{n} {v}" for v, n in cmp.counts().items()) or "nothing to compare"
+    """``PASS: 2 run(s) in both sets; values: 8 ok, 1 improved; runs: 1 missing``: the verdicts of
+    metric values and of whole runs (missing, new, failed, fixed) counted apart."""
+    def tally(rows) -> str:
+        out: dict[str, int] = {}
+        for r in rows:
+            out[r.verdict] = out.get(r.verdict, 0) + 1
+        return ", ".join(f"{n} {v}" for v, n in sorted(out.items()))
+
+    values = tally(r for r in cmp.rows if r.metric)
+    runs = tally(r for r in cmp.rows if not r.metric)
     verdict = "FAIL" if cmp.failed else "PASS"
+    parts = [f"{verdict}: {cmp.shared} run(s) in both sets", f"values: {values or 'none compared'}"]
+    if runs:
+        parts.append(f"runs: {runs}")
     left = sum(cmp.not_shared.values())
-    skipped = (f"; {left} run(s) not in both sets, not compared ({cmp.not_shared.get('baseline', 0)} only in the baseline, "
-               f"{cmp.not_shared.get('current', 0)} only in the current results)") if left else ""
-    return f"{verdict}: {cmp.runs} run(s) compared; {counts}{skipped}"
+    if left:
+        parts.append(f"{left} run(s) not in both sets, not compared ({cmp.not_shared.get('baseline', 0)} only in the "
+                     f"baseline, {cmp.not_shared.get('current', 0)} only in the current results)")
+    return "; ".join(parts)

@@ -408,5 +408,3 @@ def test_a_bad_environment_variable_is_one_line_before_anything_is_written(tmp_p
     assert res.exit_code == 1
     one_line_error(res, needle)
     assert not out.exists()
-    if var == "GMBENCH_CAP_SCALE":  # the caps it scales are listed by `gmbench budgets`
-        one_line_error(invoke("budgets", "list"), needle)

@@ -36,7 +36,7 @@ def verdicts(result) -> dict[str, str]:
 def test_identical_results_pass(tmp_path):
     res = gate(tmp_path, runs(), runs())
     assert res.exit_code == 0, res.output
-    assert res.output.strip().startswith("PASS: 3 run(s) compared; 12 ok")  # 3 sample values + test NLL per run
+    assert res.output.strip().startswith("PASS: 3 run(s) in both sets; values: 12 ok")  # 3 sample values + test NLL per run
 
 
 def test_worse_beyond_tolerance_fails_and_better_passes(tmp_path):
@@ -122,11 +122,14 @@ def test_failed_missing_new_and_fixed_runs(tmp_path):
 def test_shared_only_compares_the_common_runs_and_counts_the_others(tmp_path):
     base = runs() + [make_record("vae", 0, {("swd", "p", 1): 0.4})]
     cur = runs()[:2] + [make_record("gan", 0, {("swd", "p", 1): 0.4}), make_record("flow", 0, {("swd", "p", 1): 0.4})]
-    assert gate(tmp_path, base, cur).exit_code == 1  # without the flag: two runs are missing
+    res = gate(tmp_path, base, cur)
+    assert res.exit_code == 1  # without the flag: two runs are missing
+    # values and whole runs are counted apart
+    assert res.output.strip().splitlines()[-1] == "FAIL: 2 run(s) in both sets; values: 8 ok; runs: 2 missing, 2 new"
     res = gate(tmp_path / "2", base, cur, "--shared-only")
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == (
-        "PASS: 2 run(s) compared; 8 ok; 4 run(s) not in both sets, not compared "
+        "PASS: 2 run(s) in both sets; values: 8 ok; 4 run(s) not in both sets, not compared "
         "(2 only in the baseline, 2 only in the current results)")
     out = json.loads(gate(tmp_path / "3", base, cur, "--shared-only", "--format", "json").output)
     assert out["not_shared"] == {"baseline": 2, "current": 2} and out["runs"] == 2
@@ -256,7 +259,7 @@ def test_fresh_runs_match_their_baseline(tmp_path):
     run_all(matrix, reg, tmp_path / "current")
     res = CliRunner().invoke(main, ["compare", str(tmp_path / "baseline"), str(tmp_path / "current"), "--all"])
     assert res.exit_code == 0, res.output
-    assert "regressed" not in res.output and "PASS: 2 run(s) compared" in res.output
+    assert "regressed" not in res.output and "PASS: 2 run(s) in both sets" in res.output
 
 
 def test_render_lists_only_what_changed_unless_all():
@@ -271,3 +274,24 @@ def test_help_states_the_default_tolerance_and_exit_codes():
     assert res.exit_code == 0
     text = " ".join(res.output.split())
     assert f"[default: {DEFAULT_TOLERANCE}]" in text and "Exits 1" in text and "2 if the inputs cannot be compared" in text
+
+
+@pytest.mark.parametrize("flags", [(), ("--shared-only",)])
+def test_sets_with_no_run_in_common_cannot_be_compared(tmp_path, flags):
+    # (without --shared-only this read as a failed gate: "137 run(s) compared; 135 missing, 2 new")
+    other = [make_record("gan", 0, {("swd", "p", 1): 0.4}), make_record("gan", 1, {("swd", "p", 1): 0.4})]
+    res = gate(tmp_path, runs(), other, *flags)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        f"Error: no run is in both sets (3 only in {tmp_path / 'base'}, 2 only in {tmp_path / 'cur'}): nothing was "
+        "compared; give records of the same methods, datasets, budget and seeds"]
+
+
+def test_a_change_equal_to_the_tolerance_is_within_it(tmp_path):
+    base = runs(swd=(0.0, 0.0, 0.0))
+    cur = runs(swd=(0.01, 0.0, 0.0))  # +0.01 at NFE 10 against abs:0.01: ok; +0.02 would regress
+    res = gate(tmp_path, base, cur, "--tol", "swd=abs:0.01", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert set(verdicts(res).values()) == {"ok"}
+    res = gate(tmp_path / "2", base, runs(swd=(0.02, 0.0, 0.0)), "--tol", "swd=abs:0.01")
+    assert res.exit_code == 1 and "regressed" in res.output

@@ -35,7 +35,7 @@ def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all, sh
     no run in both sets).
     """
     from gmbench.compare import DEFAULT_TOLERANCE, compare_records, parse_tolerances, render
-    from gmbench.leaderboard import load_results, metric_directions
+    from gmbench.leaderboard import dedupe, load_results, metric_directions, run_key
     from gmbench.plugins import Registries
     from gmbench.records import RecordError
 
@@ -48,10 +48,10 @@ def compare(baseline, current, tols, default_tol, allow_mixed, fmt, show_all, sh
                                  shared_only=shared_only)
     except RecordError as exc:
         raise InputError(str(exc)) from None
-    if result.runs == 0 and not result.failed:  # a gate that compared nothing must not pass
-        only = result.not_shared
-        raise InputError(f"no run is in both sets ({only.get('baseline', 0)} only in {baseline}, "
-                         f"{only.get('current', 0)} only in {current}): nothing was compared; give records of "
+    if result.shared == 0:  # a gate that compared nothing must neither pass nor read as a regression
+        keys_b, keys_c = ({run_key(r) for r in dedupe(recs)[0]} for recs in (base, cur))
+        raise InputError(f"no run is in both sets ({len(keys_b)} only in {baseline}, "
+                         f"{len(keys_c)} only in {current}): nothing was compared; give records of "
                          "the same methods, datasets, budget and seeds")
     click.echo(render(result, fmt, show_all))
     if result.failed:
