@@ -2,7 +2,7 @@
 
 It renders the files under ``files/`` into a new, installable package
 ``gmbench-NAME``: a pyproject with the ``gmbench`` entry point, a module with
-a working minimal method (a linear normalizing flow with exact likelihood), a
+a working minimal method (NICE: additive coupling layers, exact likelihood), a
 test that runs the conformance kit, a README and a CI workflow. Placeholders
 are ``__NAME__`` (method name), ``__DIST__`` (distribution), ``__MODULE__``
 (import name), ``__CLASS__`` (method class) and ``__GMBENCH_VERSION__``;
