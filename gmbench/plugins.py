@@ -19,7 +19,7 @@ from functools import cached_property
 import pluggy
 
 from gmbench import hookspecs
-from gmbench.registry import Registry
+from gmbench.registry import Registry, RegistryError
 
 #: modules inside gmbench that are plugins themselves (pytest-style built-ins)
 CORE_PLUGINS = (
@@ -110,14 +110,33 @@ class Registries:
     def _build(self, kind: str, base: type, classes: bool, hookname: str) -> Registry:
         reg: Registry = Registry(kind, base, classes)
         hook = getattr(self.pm.hook, hookname)
-        for impl in hook.get_hookimpls():
+        # gmbench's own hooks first: a third-party registration can never displace a built-in
+        impls = sorted(hook.get_hookimpls(), key=lambda i: plugin_distribution(self.pm, i.plugin)[0] != "gmbench")
+        for impl in impls:
             dist, version = plugin_distribution(self.pm, impl.plugin)
             origin = f"{dist} {version}".strip()  # "" for plugins registered at run time
-
-            def register(obj, _origin=origin):
-                reg.register(obj, origin=_origin)
-
-            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+            kwargs = lambda register: {"register": register} if "register" in impl.argnames else {}  # noqa: E731
+            if dist in ("", "gmbench"):  # gmbench's own, or given in-process (tests, notebooks): errors raise
+                impl.function(**kwargs(lambda obj, _origin=origin: reg.register(obj, origin=_origin)))
+                continue
+            # an installed third-party package: its mistakes cost its own entries, never the suite
+            offered: list = []
+            try:
+                impl.function(**kwargs(offered.append))
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(f"gmbench: plugin {origin} failed to register its {kind}s, none loaded: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
+                continue
+            for obj in offered:
+                name = getattr(obj, "name", None)
+                if isinstance(name, str) and name in reg:
+                    warnings.warn(f"gmbench: {kind} {name!r} of {origin} is not loaded: the name is taken by "
+                                  f"{reg.origin(name) or '?'}; rename it in {dist}", stacklevel=2)
+                    continue
+                try:
+                    reg.register(obj, origin=origin)
+                except RegistryError as exc:
+                    warnings.warn(f"gmbench: {exc} (from {origin}); not loaded", stacklevel=2)
         return reg
 
     @cached_property

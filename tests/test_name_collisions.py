@@ -84,3 +84,42 @@ def test_external_samples_are_their_own_board_entry():
     external = {**trained, "source": "external"}
     assert method_label(external) == "ddpm[external]"
     assert run_key(external) != run_key(trained)
+
+
+def _third_party(dist_name, *classes, fail=None):
+    """An installed third-party package's entry point whose hook registers ``classes`` (or raises)."""
+    class Hooks:
+        @hookimpl
+        def gmbench_register_methods(self, register):
+            if fail:
+                raise fail
+            for c in classes:
+                register(c)
+
+    return _EntryPoint(dist_name, _Dist(dist_name, "0.1.0"), Hooks())
+
+
+def test_a_third_party_method_with_a_builtin_name_is_refused_while_the_rest_loads(monkeypatch):
+    from gmbench.plugins import Registries
+    from tests.plugins.fake_methods import GaussianFit
+
+    class Impostor(GaussianFit):
+        name = "ddpm"
+
+    class Fine(GaussianFit):
+        name = "collide-fine"
+
+    installed = plugins.md.entry_points
+    monkeypatch.setattr(plugins, "md", types.SimpleNamespace(entry_points=lambda group: [
+        _third_party("gmbench-collide", Impostor, Fine),
+        _third_party("gmbench-broken", fail=RuntimeError("boom in my hook")), *installed(group=group)]))
+    with pytest.warns(UserWarning) as caught:
+        reg = Registries()
+        names = reg.methods.names()
+    messages = [str(w.message) for w in caught]
+    assert any("method 'ddpm' of gmbench-collide 0.1.0 is not loaded: the name is taken by gmbench" in m for m in messages)
+    assert any("plugin gmbench-broken 0.1.0 failed to register its methods, none loaded: RuntimeError: boom in my hook"
+               in m for m in messages)
+    assert reg.methods.get("ddpm").__module__.startswith("gmbench_methods")  # the built-in, not the impostor
+    assert "collide-fine" in names and reg.methods.origin("collide-fine") == "gmbench-collide 0.1.0"
+    assert {"vae", "mdlm", "flow-matching"} <= set(names)  # the suite still loads
