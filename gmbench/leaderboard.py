@@ -529,6 +529,9 @@ def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> d
         "sample_flops": _median([c.get("flops_per_sample") for r in scored for c in (r.get("cost") or {}).get("sampling", [])
                                  if sel and (c.get("sampler"), c.get("nfe")) == (sel.sampler, sel.nfe)]),
         "likelihood": _likelihood(_model_values(values_frame(scored, statuses=("ok", "incomplete")))),
+        # what the method declares (exact, bound, ...), so a likelihood that errored or was not
+        # evaluated is not shown as "none", which means the method gives no likelihood
+        "likelihood_declared": sorted({str(r.get("likelihood")) for r in scored} - {"none", "None", ""}),
         "copies": _copies(scored, sel),
         "params": _median([(r.get("cost") or {}).get("params") for r in scored]),
         "backbone": sorted({backbone_of(r) for r in runs} - {""}),
@@ -682,10 +685,11 @@ def fmt_ci(mean: float, ci: float, n: int) -> str:
     return f"{mean:.4g} ± {ci:.2g} (n={n})"
 
 
-def _likelihood_cell(lk: dict | None) -> str:
-    """exact: plain; bound: ``≤ ``; estimate: ``≈ mean ± stderr``; no likelihood: ``none``."""
+def _likelihood_cell(lk: dict | None, declared: list[str] | tuple = ()) -> str:
+    """exact: plain; bound: ``≤ ``; estimate: ``≈ mean ± stderr``; no likelihood: ``none``;
+    a likelihood the method declares but no run has a value of: ``no value``."""
     if lk is None:
-        return "none"
+        return f"no value ({md_escape('/'.join(declared))} declared)" if declared else "none"
     what = f"{md_escape(lk['name'])}, {md_escape(lk['label'])}"
     if "estimate" in lk["label"] and "bound" not in lk["label"]:
         se = "stderr ?" if math.isnan(lk["stderr"]) else f"± {lk['stderr']:.2g} stderr"
@@ -737,7 +741,7 @@ def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
         "metric": fmt_ci(r["mean"], r["ci"], r["n"]),
         "seeds ok": f"{r['seeds_ok']}/{r['seeds']}",
         "sampler @ NFE": _setting_cell(r),
-        "likelihood": "—" if r.get("floor") else _likelihood_cell(r["likelihood"]),
+        "likelihood": "—" if r.get("floor") else _likelihood_cell(r["likelihood"], r.get("likelihood_declared", ())),
         "chosen on": "—" if r.get("floor") else r["chosen_on"] or "—",
         "vs group lead": md_escape(r["vs_lead"]) if r["vs_lead"] else "—",
         "copies": _copies_cell(r["copies"], flag_it=not r.get("floor")),
@@ -770,7 +774,9 @@ def _caption(board: Board) -> list[str]:
         out.append("Ranks marked ‡ are **not tested** for significance: fewer than 2 seeds are shared with the leader "
                    "of the group above (one seed cannot separate methods from seed noise).")
     out.append("Likelihood: plain = exact; ≤ = an upper bound on the NLL (the true NLL is lower); "
-               "≈ = an unbiased stochastic estimate ± its standard error; none = the method gives no likelihood.")
+               "≈ = an unbiased stochastic estimate ± its standard error; none = the method gives no likelihood."
+               + (" No value = it gives one, but no run has a test value (see *Settings without a value*)."
+                  if any(r.get("likelihood") is None and r.get("likelihood_declared") for r in board.ranking) else ""))
     if any(r["budget_spent"] for r in board.ranking):
         out.append("Incomplete runs (training stopped at the wall-clock cap) show the share of the training budget "
                    "they spent; they are never ranked.")

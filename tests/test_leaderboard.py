@@ -680,3 +680,20 @@ def test_text_board_ranked_by_a_model_metric_shows_every_sampled_setting(tmp_pat
 def test_boards_without_guard_values_have_no_sample_quality_section(tmp_path):
     page, _ = board_rows(tmp_path, standard_records())
     assert "## Sample quality" not in page
+
+
+def test_a_declared_likelihood_without_a_value_is_not_shown_as_none(tmp_path):
+    recs = []
+    for seed in (0, 1):
+        broken = make_record("broken", seed, {("swd", "s", 10): 0.5}, likelihood=None)
+        broken["likelihood"] = "exact"  # declared, but its evaluation failed
+        broken["metrics"].insert(0, {"metric": "likelihood", "version": "1", "name": "likelihood", "sampler": None,
+                                     "nfe": None, "value": None, "error": "ValueError: log_likelihood returned NaN or inf"})
+        plain = make_record("sampler-only", seed, {("swd", "s", 10): 0.6}, likelihood=None)
+        plain["likelihood"] = "none"
+        recs += [broken, plain]
+    page, rows = board_rows(tmp_path, recs)
+    cell = {r["method"]: r["likelihood"] for r in rows}
+    assert cell["broken"] == "no value (exact declared)" and cell["sampler-only"] == "none"
+    assert "No value = it gives one, but no run has a test value" in page
+    assert "likelihood returned NaN or inf" in page  # the reason, under Settings without a value
