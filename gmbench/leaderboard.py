@@ -826,7 +826,8 @@ def render_board(board: Board, generator_version: str) -> str:
     if board.samples is not None and not board.samples.empty:
         lines += ["## Sample quality", "", _guards_caption(board), "", _guard_table(board), ""]
     lines += ["## Quality versus NFE", "",
-              f"{m} on the test split (mean ± 95% interval over seeds of complete runs) per method and sampler.", ""]
+              f"{m} on the test split (mean ± 95% interval over seeds of complete runs) per method and sampler, "
+              "by nominal NFE (the setting; counted calls per sample are in the main table).", ""]
     lines += [_nfe_table(board.by_nfe), ""]
     unevaluated = _unevaluated_rows(board)
     if unevaluated:
@@ -896,6 +897,8 @@ def _guard_rows(board: Board) -> list[tuple[str, str, int]]:
 def _guards_caption(board: Board) -> str:
     return ("What the ranking metric can hide, from the same samples (test split, mean ± 95% interval over seeds): "
             "each method at its chosen sampler and NFE, or at every setting when it is ranked by a model metric. "
+            "NFE here is the setting's nominal value (the main table shows counted network calls, higher for a "
+            "sampler that calls its network more than once per step). "
             "*sampling precision* is the float precision the samples were drawn in. "
             "Directions: "
             + "; ".join(f"{md_escape(n)} ({board.guard_directions.get(n, '?')} is better)" for n in _guard_names(board))
