@@ -85,6 +85,27 @@ def test_run_exit_code_says_whether_every_run_finished_ok(tmp_path, monkeypatch,
         assert allowed.output.strip().splitlines()[-1] == last
 
 
+def test_an_ok_run_with_errored_values_says_so_on_its_line(tmp_path, monkeypatch):
+    import gmbench.runner
+
+    def run_all(matrix, reg, out_dir, resume=False, on_record=None, executor=None, force=False):
+        os.makedirs(out_dir, exist_ok=True)
+        (spec,) = matrix.specs
+        rec = {"status": "ok", "error": None, "seed": spec.seed, "method": spec.method, "dataset": spec.dataset,
+               "train": {"budget_spent": 1.0, "stopped": "", "seconds": 1.0, "steps": 3},
+               "metrics": [{"metric": "likelihood", "name": "test_nll", "sampler": None, "nfe": None, "value": None,
+                            "error": "ValueError: log_likelihood returned NaN or inf"},
+                           {"metric": "swd", "name": "swd", "sampler": "ddim", "nfe": 10, "value": 0.3}]}
+        on_record(spec, rec, 1, 1)
+        return [rec]
+
+    monkeypatch.setattr(gmbench.runner, "run_all", run_all)
+    res = invoke("run", "--plugins", "ddpm", "--datasets", "8gaussians", "--budget", "smoke", "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    assert ("ok in 1.0s train, 3 steps; 1 metric value(s) errored, e.g. test_nll: ValueError: log_likelihood returned "
+            "NaN or inf") in res.output
+
+
 def test_a_sweep_where_every_run_failed_exits_3(tmp_path):
     # a folder whose "images" do not decode fails at once, without training: a real failed record
     (tmp_path / "images" / "a").mkdir(parents=True)

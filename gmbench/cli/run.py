@@ -131,9 +131,10 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
         elif quiet and rec["status"] == "ok":
             pass
         elif rec["status"] == "ok" and rec.get("train") is None:
-            click.echo(f"{head}: ok (loaded {Path(rec['load']['path']).name})")
+            click.echo(f"{head}: ok (loaded {Path(rec['load']['path']).name}){_errored_values(rec)}")
         elif rec["status"] == "ok":
-            click.echo(f"{head}: ok in {rec['train']['seconds']:.1f}s train, {rec['train']['steps']} steps")
+            click.echo(f"{head}: ok in {rec['train']['seconds']:.1f}s train, {rec['train']['steps']} steps"
+                       f"{_errored_values(rec)}")
         else:
             click.echo(f"{head}: FAILED: {rec['error']}", err=True)
 
@@ -376,3 +377,17 @@ def _check_environment() -> None:
 
     cap_scale()
     _checkpoint_every_steps()
+
+
+def _errored_values(rec: dict) -> str:
+    """``; 2 metric value(s) errored, e.g. likelihood: ValueError: ...``: an ok run whose record holds
+    errors instead of some values (a likelihood that returned NaN, a sampler that raised), which
+    its board lists under *Settings without a value*; empty when there are none."""
+    from gmbench.leaderboard import one_line
+
+    errors = [e for e in rec.get("metrics") or [] if e.get("value") is None and e.get("error")]
+    if not errors:
+        return ""
+    first = errors[0]
+    where = first.get("name") or first.get("metric")
+    return f"; {len(errors)} metric value(s) errored, e.g. {where}: {one_line(first['error'], 120)}"
