@@ -977,7 +977,9 @@ def render_index(boards: list[Board], records: list[dict], generator_version: st
             (", ".join(leaders) + (" (tied)" if len(leaders) > 1 else "")) if leaders else "—",
             len(b.ranking),
             len(b.records),
-            len(b.failed),
+            # incomplete runs (stopped at the wall-clock cap) are shown on the board but never ranked
+            f"{len(b.failed)}" + (f" (+{n} incomplete)" if (n := sum(r.get("status") == "incomplete" for r in b.records))
+                                  else ""),
         ])
     table = tabulate(rows, headers=["board", "ranked by", "leader", "methods", "runs", "failed runs"],
                      tablefmt="github", disable_numparse=True)

@@ -697,3 +697,12 @@ def test_a_declared_likelihood_without_a_value_is_not_shown_as_none(tmp_path):
     assert cell["broken"] == "no value (exact declared)" and cell["sampler-only"] == "none"
     assert "No value = it gives one, but no run has a test value" in page
     assert "likelihood returned NaN or inf" in page  # the reason, under Settings without a value
+
+
+def test_the_index_counts_incomplete_runs_beside_failed_ones(tmp_path):
+    recs = [make_record("a", s, {("swd", "s", 10): 0.5}) for s in (0, 1)]
+    recs.append(make_record("b", 0, {("swd", "s", 10): 0.4}, status="incomplete", budget_spent=0.9))
+    recs.append(make_record("c", 0, {}, status="failed", error="boom"))
+    write_leaderboards(recs, tmp_path, _registries())
+    row = next(line for line in (tmp_path / "index.md").read_text().splitlines() if "8gaussians / tiny" in line)
+    assert cells(row)[-1] == "1 (+1 incomplete)"
