@@ -1,10 +1,11 @@
 """Trivial image baselines for the "it learns" tests of image-only methods (LDM, MAR).
 
 Sliced W2 on 64-pixel digits is nearly blind to what separates a digit from noise with the
-right pixel statistics: a Gaussian fitted pixel by pixel to the training images scores 0.155,
+right pixel statistics: a Gaussian fitted pixel by pixel to the training images scores 0.154,
 better than MAR after a sixth of `smoke` (0.23). The FID of gmbench's digits classifier does
-see it (the per-pixel Gaussian: 212, uniform noise 280, 256 training images 2.9), so these
-tests require beating the per-pixel Gaussian there, and on sliced W2 as well.
+see it (256 images each, against the train split: the per-pixel Gaussian 209, uniform noise
+280, training images 2.9), so these tests require beating the per-pixel Gaussian there, and
+on sliced W2 as well.
 """
 
 from __future__ import annotations

@@ -471,7 +471,7 @@ def test_learns_digits_at_the_smoke_budget(tmp_path):
     from tests.image_baselines import image_scores, pixel_gaussian
 
     # smoke's FLOPs at half its batch: 532 steps (at ~90 the samples are still behind a
-    # per-pixel Gaussian on sliced W2: 0.23 against 0.155)
+    # per-pixel Gaussian on sliced W2: 0.23 against 0.154)
     ds = Digits()
     budget = dataclasses.replace(SMOKE, batch_size={"image": 32})
     train_x = ds.split("train").x
@@ -481,7 +481,7 @@ def test_learns_digits_at_the_smoke_budget(tmp_path):
     assert report.steps >= 400
     got = image_scores(method.sample(256, "ddpm-s20", 10, gen(1)), ds, tmp_path)
     base = image_scores(pixel_gaussian(train_x, 256, gen(2)), ds, tmp_path)
-    # measured: FID 128 against the per-pixel Gaussian's 212, sliced W2 0.124 against 0.155
+    # measured: FID 128 against the per-pixel Gaussian's 209, sliced W2 0.124 against 0.154
     # (untrained: FID 381, sliced W2 0.74); a full-covariance Gaussian (FID 81) is still ahead
     assert got["fid"] < 0.75 * base["fid"] and got["swd"] < base["swd"], (got, base)
 
