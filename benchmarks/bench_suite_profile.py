@@ -44,7 +44,8 @@ def load(folder: Path) -> pd.DataFrame:
         # the profile times the process that wrote the record; a run resumed from a training
         # checkpoint trained partly in earlier processes, which `train.seconds` sums
         phases["train_s"] = float((rec.get("train") or {}).get("seconds") or phases["train_s"])
-        rows.append({"method": label, "dataset": rec["dataset"], "seed": rec["seed"], **phases,
+        rows.append({"method": label, "default": not rec.get("hparams"), "dataset": rec["dataset"], "seed": rec["seed"],
+                     **phases,
                      "run_s": (end - start).total_seconds(), "resumed": bool(rec.get("resumed")),
                      "start": start, "end": end})
     if not rows:
@@ -71,6 +72,10 @@ def main() -> None:
     wall = (df["end"].max() - df["start"].min()).total_seconds()
     print(f"\n{len(df)} runs; wall time of the folder (first start to last finish): {wall:.0f} s "
           f"({wall / 60:.1f} min); summed run time {total['run_s']:.0f} s")
+    # what `gmbench run --plugins all` trains: each method's default settings once (mean over seeds)
+    default = df[df["default"]].groupby(["dataset", "method"])["train_s"].mean()
+    print(f"default settings: {len(default)} method-dataset pairs, training {default.sum():.0f} s summed "
+          f"(mean over seeds): the least a one-seed suite of them trains on one core")
 
 
 if __name__ == "__main__":
