@@ -17,6 +17,7 @@ once a cost changes (see benchmarks/bench_host_overhead.py for the overhead).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -215,8 +216,8 @@ def cap_scale() -> float:
     try:
         value = float(raw)
     except ValueError:
-        value = float("nan")
-    if not (value > 0 and value != float("inf")):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise EnvironmentSettingError(f"${CAP_SCALE_ENV}={raw!r}: give a positive number, e.g. 4, or unset it")
     return value
 

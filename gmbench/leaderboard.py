@@ -531,7 +531,7 @@ def _method_row(method: str, runs: list[dict], metric: str, direction: str) -> d
         "likelihood": _likelihood(_model_values(values_frame(scored, statuses=("ok", "incomplete")))),
         # what the method declares (exact, bound, ...), so a likelihood that errored or was not
         # evaluated is not shown as "none", which means the method gives no likelihood
-        "likelihood_declared": sorted({str(r.get("likelihood")) for r in scored} - {"none", "None", ""}),
+        "likelihood_declared": sorted({str(r["likelihood"]) for r in scored if r.get("likelihood") not in (None, "", "none")}),
         "copies": _copies(scored, sel),
         "params": _median([(r.get("cost") or {}).get("params") for r in scored]),
         "backbone": sorted({backbone_of(r) for r in runs} - {""}),

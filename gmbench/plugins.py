@@ -115,14 +115,16 @@ class Registries:
         for impl in impls:
             dist, version = plugin_distribution(self.pm, impl.plugin)
             origin = f"{dist} {version}".strip()  # "" for plugins registered at run time
-            kwargs = lambda register: {"register": register} if "register" in impl.argnames else {}  # noqa: E731
+            def call(register, _impl=impl):
+                return _impl.function(**({"register": register} if "register" in _impl.argnames else {}))
+
             if dist in ("", "gmbench"):  # gmbench's own, or given in-process (tests, notebooks): errors raise
-                impl.function(**kwargs(lambda obj, _origin=origin: reg.register(obj, origin=_origin)))
+                call(lambda obj, _origin=origin: reg.register(obj, origin=_origin))
                 continue
             # an installed third-party package: its mistakes cost its own entries, never the suite
             offered: list = []
             try:
-                impl.function(**kwargs(offered.append))
+                call(offered.append)
             except Exception as exc:  # noqa: BLE001
                 warnings.warn(f"gmbench: plugin {origin} failed to register its {kind}s, none loaded: "
                               f"{type(exc).__name__}: {exc}", stacklevel=2)
