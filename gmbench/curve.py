@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from gmbench.conditioning import draw_samples
 from gmbench.evaluate import _run_metric, check_samples, one_line
 from gmbench.metrics.base import EvalContext, Metric
 from gmbench.method import Method
@@ -84,7 +85,7 @@ def curve_evaluator(method: Method, dataset, budget, metrics: list[Metric], ctx:
             else:
                 g = torch.Generator(device=method.device).manual_seed(seed * 1_000_003 + 7919)
                 with torch.no_grad():
-                    samples = check_samples(method.sample(n, sampler, nfe, g), dataset).cpu()
+                    samples = check_samples(draw_samples(method, n, sampler, nfe, g), dataset).cpu()
                 entries = _run_metric(metric, ctx, sampler=sampler, nfe=nfe, samples=samples)
                 point.update(sampler=sampler, nfe=nfe)
         except Exception as exc:  # noqa: BLE001 - a failed point is data; training goes on

@@ -36,6 +36,7 @@ import torch
 
 from gmbench import progress
 from gmbench.budget import Budget
+from gmbench.conditioning import draw_samples
 from gmbench.records import SCHEMA_VERSION
 from gmbench.data.base import Dataset
 from gmbench.method import Method
@@ -317,7 +318,7 @@ def sampling_audit(method: Method, sampler: str, nfe: int, generator: torch.Gene
     counter = _ForwardCounter(method, cost)
     try:
         with cost:
-            sample = method.sample(1, sampler, nfe, generator)
+            sample = draw_samples(method, 1, sampler, nfe, generator)
     finally:
         counter.close()
     values = sample.numel() if isinstance(sample, torch.Tensor) else None  # check_samples says what is wrong
@@ -382,7 +383,7 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
         check_counted_work(method, sampler, audit)
         _sync(device)
         t0 = time.perf_counter()
-        method.sample(1, sampler, nfe, aux)
+        draw_samples(method, 1, sampler, nfe, aux)
         _sync(device)
         latency = time.perf_counter() - t0
         if device.type == "cuda":
@@ -390,7 +391,7 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
         calls = _ForwardCounter(method)  # hooks only: no counting mode around the timed draw
         try:
             t0 = time.perf_counter()
-            samples = method.sample(n, sampler, nfe, g)
+            samples = draw_samples(method, n, sampler, nfe, g)
             _sync(device)
             seconds = time.perf_counter() - t0
         finally:

@@ -60,6 +60,10 @@ from gmbench.records import RecordError, load_records
 REQUIRED_FIELDS = ("method", "dataset", "budget", "seed", "status")
 
 
+#: what a class-conditional run's label carries (``method_label``), and the caption explains
+CONDITIONAL_MARK = "class-conditional"
+
+
 class LeaderboardError(RecordError):
     """Records that cannot make a fair board (mixed protocols, unknown metric); one line."""
 
@@ -125,7 +129,7 @@ def validate_record(rec: dict) -> None:
     fingerprint = rec.get("fingerprint")
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise bad(f"'fingerprint' is {fingerprint!r}, not a string (the protocol's hash)")
-    for f in ("cost", "train", "provenance", "load", "eval_resumed"):
+    for f in ("cost", "train", "provenance", "load", "eval_resumed", "conditioning"):
         if rec.get(f) is not None and not isinstance(rec[f], dict):
             raise bad(f"{f!r} is {rec[f]!r}, not an object")
     sampling = (rec.get("cost") or {}).get("sampling")
@@ -173,6 +177,8 @@ def method_label(rec: dict) -> str:
         extras.append(str(rec["precision"]))
     if rec.get("source") in ("loaded", "reference", "external"):
         extras.append(str(rec["source"]))  # an external "ddpm" is never merged with a trained one
+    if rec.get("conditioning"):  # told which class to draw: never merged with, or mistaken for, an unconditional run
+        extras.append(f"{rec['conditioning'].get('kind', 'class')}-conditional")
     return f"{rec['method']}[{', '.join(extras)}]" if extras else str(rec["method"])
 
 
@@ -783,6 +789,10 @@ def _caption(board: Board) -> list[str]:
     if any(r["copies"] for r in board.ranking + board.floors):
         out.append(f"*copies*: share of samples nearer a training example than real held-out data usually is "
                    f"(`{COPY_METRIC}`); above {COPY_FLAG:g} the run is marked memorised.")
+    if any(CONDITIONAL_MARK in r["method"] for r in board.ranking):
+        out.append(f"*{CONDITIONAL_MARK}*: the method was trained on the labels and each sample was drawn given a "
+                   "class (balanced over the dataset's classes, shuffled by the seed; `gmbench.conditioning`). "
+                   "Knowing the class is an advantage the unconditional rows do not have.")
     if board.backbone:
         out.append(f"Only runs that trained a **{md_escape(board.backbone)}** network are on this board (the family "
                    "of each record's *backbone*, the text before its bracket), so it compares methods on the same "

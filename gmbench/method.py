@@ -16,6 +16,14 @@ retrain) declare several stages, each with a share of the training budget, and
 may transform the training data at the start of a stage with
 ``on_stage_start`` — the host meters that work against the budget too.
 
+Class-conditional methods (a method whose ``class_conditional`` is True, set from one of its
+parameters on a labelled dataset) get the labels from the host: ``training_step(stage, batch,
+step, labels=...)`` with the batch's labels, and ``sample(n, sampler, nfe, generator,
+classes=...)`` with the classes to draw, which the host chooses
+(:func:`gmbench.conditioning.evaluation_classes`: balanced over the dataset's classes, in an
+order the generator shuffles). Boards mark such runs: their samples are conditional. Their
+likelihood would be ``p(x|y)``, not comparable with ``p(x)``: they declare ``none``.
+
 A minimal method::
 
     class MyMethod(Method):
@@ -151,6 +159,9 @@ class Method(ABC):
     #: their ``applies_to`` should be False so that they stay out of every other run. They are
     #: not part of the protocol fingerprint: the record lists them under ``method_metrics``.
     extra_metrics: ClassVar[tuple] = ()
+    #: True on an instance trained and sampled given class labels (module doc); the host then
+    #: passes ``labels=`` to ``training_step`` and ``classes=`` to ``sample``
+    class_conditional: bool = False
 
     def __init__(self, data: DataSpec, model_size: str = "small"):
         if data.modality not in self.modalities:
@@ -214,7 +225,10 @@ class Method(ABC):
 
     @abstractmethod
     def training_step(self, stage: str, batch: torch.Tensor, step: int) -> StepResult:
-        """Losses for one gradient step of ``stage`` on ``batch`` (see module doc)."""
+        """Losses for one gradient step of ``stage`` on ``batch`` (see module doc).
+
+        A class-conditional method (``class_conditional``) is called with ``labels=``, the
+        batch's integer labels of shape ``(batch,)``, as a keyword argument."""
 
     def on_stage_start(self, stage: str, train_x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """Called before a stage's first step; may return new training data.
@@ -247,6 +261,8 @@ class Method(ABC):
 
         Images in the data's value range, text as token ids (long). All
         randomness must come from ``generator`` so that a seed fixes the samples.
+        A class-conditional method is called with ``classes=``, the label of each of the
+        ``n`` samples (a long tensor of shape ``(n,)``), as a keyword argument.
         """
 
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -260,6 +260,8 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
         raise MethodError(f"method {spec.method!r}: likelihood must be one of {LIKELIHOOD_KINDS}, not {method.likelihood!r}")
     record["likelihood"] = method.likelihood  # e.g. exact trace on toy2d, a Hutchinson estimate on images
     record["backbone"] = method.backbone()  # boards show it, and can hold it fixed (--same-backbone)
+    if method.class_conditional:  # boards mark it: its samples were drawn given balanced classes
+        record["conditioning"] = {"kind": "class", "classes": method.data.num_classes}
     generator = torch.Generator().manual_seed(spec.seed)  # data order and stage preparation
 
     train_seconds, curve_s = None, [0.0]
@@ -283,8 +285,9 @@ def _execute(spec: RunSpec, reg: Registries, record: dict, cache_dir: str | None
                     curve_s[0] += time.perf_counter() - t
         t0 = time.perf_counter()
         with autocast(device, spec.precision):
-            stages = train(method, dataset.split("train").x, budget, modality, generator, checkpoints=policy,
-                           milestones=budget.curve_fractions, on_milestone=on_milestone)
+            train_split = dataset.split("train")
+            stages = train(method, train_split.x, budget, modality, generator, checkpoints=policy,
+                           milestones=budget.curve_fractions, on_milestone=on_milestone, labels=train_split.y)
         train_seconds = time.perf_counter() - t0 - curve_s[0]  # curve points are evaluation, not training
         flops, allowed = sum(s.flops for s in stages), budget.flops_for(modality)
         record["train"] = {

@@ -47,6 +47,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gmbench.budget import Budget, count_flops
+from gmbench.conditioning import check_conditioning, draw_samples
 from gmbench.data import MODALITIES, make_dataset
 from gmbench.method import LIKELIHOOD_KINDS, Method, OptimizerSpec, SamplerInfo, Stage, validate_method_class
 from gmbench.metrics.base import MetricError, check_samples
@@ -69,6 +70,7 @@ class Setup:
     test_x: torch.Tensor
     settings: list  # (sampler name, nfe) pairs to sample with
     build: Any  # seed -> fresh Method instance
+    train_y: torch.Tensor | None = None  # the training labels, where the dataset has them
 
 
 @dataclass
@@ -181,7 +183,7 @@ class MethodConformance:
         method = conformance_trained.method
         for sampler, nfe in conformance_setup.settings:
             with torch.no_grad():
-                x = method.sample(self.n_samples, sampler, nfe, _generator(method, 1))
+                x = draw_samples(method, self.n_samples, sampler, nfe, _generator(method, 1))
             assert isinstance(x, torch.Tensor), f"sampler {sampler!r} returned {type(x).__name__}, not a tensor"
             assert tuple(x.shape) == (self.n_samples, *spec.shape), (
                 f"sampler {sampler!r} at NFE {nfe}: shape {tuple(x.shape)}, expected {(self.n_samples, *spec.shape)}")
@@ -206,8 +208,8 @@ class MethodConformance:
         method = conformance_trained.method
         for sampler, nfe in conformance_setup.settings:
             with torch.no_grad():
-                a = method.sample(self.n_samples, sampler, nfe, _generator(method, 7))
-                b = method.sample(self.n_samples, sampler, nfe, _generator(method, 7))
+                a = draw_samples(method, self.n_samples, sampler, nfe, _generator(method, 7))
+                b = draw_samples(method, self.n_samples, sampler, nfe, _generator(method, 7))
             assert torch.equal(a, b), (
                 f"sampler {sampler!r}: the same generator gave different samples; draw all randomness from `generator`")
 
@@ -219,8 +221,8 @@ class MethodConformance:
         again = second.method
         for sampler, nfe in conformance_setup.settings:
             with torch.no_grad():
-                a = conformance_trained.method.sample(self.n_samples, sampler, nfe, _generator(again, 7))
-                b = again.sample(self.n_samples, sampler, nfe, _generator(again, 7))
+                a = draw_samples(conformance_trained.method, self.n_samples, sampler, nfe, _generator(again, 7))
+                b = draw_samples(again, self.n_samples, sampler, nfe, _generator(again, 7))
             assert torch.equal(a, b), (
                 f"sampler {sampler!r}: two trainings from seed {self.seed} gave different samples; "
                 "use the host's generator and torch's seeded RNG, never an unseeded source")
@@ -252,8 +254,8 @@ class MethodConformance:
         fresh.train(False)
         for sampler, nfe in conformance_setup.settings:
             with torch.no_grad():
-                a = method.sample(self.n_samples, sampler, nfe, _generator(method, 11))
-                b = fresh.sample(self.n_samples, sampler, nfe, _generator(fresh, 11))
+                a = draw_samples(method, self.n_samples, sampler, nfe, _generator(method, 11))
+                b = draw_samples(fresh, self.n_samples, sampler, nfe, _generator(fresh, 11))
             assert torch.equal(a, b), (
                 f"sampler {sampler!r}: samples differ after a safetensors round trip; state that sampling "
                 "depends on must live in the modules' parameters or buffers")
@@ -300,7 +302,9 @@ def _setup(cls) -> Setup:
     modality = method_cls.modalities[0] if getattr(method_cls, "modalities", None) else "toy2d"
     dataset = make_dataset(reg.datasets, cls.dataset or DEFAULT_DATASETS.get(modality, "8gaussians"))
     data_spec = dataset.spec()
-    train_x = dataset.split("train").x[: cls.train_examples]
+    train_split = dataset.split("train")
+    train_x = train_split.x[: cls.train_examples]
+    train_y = train_split.y[: cls.train_examples] if train_split.y is not None else None
     test_x = dataset.split("test").x
 
     def build(seed: int) -> Method:
@@ -309,9 +313,10 @@ def _setup(cls) -> Setup:
 
     settings = [(s.name, cls.nfe if s.adjustable_nfe else s.default_nfe) for s in getattr(method_cls, "samplers", ())]
     try:
-        flops = _budget_flops(build(cls.seed), train_x, cls.batch_size, cls.train_steps, cls.seed)
+        flops = _budget_flops(build(cls.seed), train_x, cls.batch_size, cls.train_steps, cls.seed, train_y)
     except Exception as exc:  # noqa: BLE001 - reported by the tests that need training; the rest still run
-        return Setup(method_cls, dataset, None, f"{type(exc).__name__}: {exc}", train_x, test_x, settings, build)
+        return Setup(method_cls, dataset, None, f"{type(exc).__name__}: {exc}", train_x, test_x, settings, build,
+                     train_y)
     budget = Budget(
         name="conformance",
         train_flops={dataset.modality: flops},
@@ -323,10 +328,11 @@ def _setup(cls) -> Setup:
         eval_timeout_s=cls.max_seconds,
         description="conformance kit: a few steps per stage",
     )
-    return Setup(method_cls, dataset, budget, "", train_x, test_x, settings, build)
+    return Setup(method_cls, dataset, budget, "", train_x, test_x, settings, build, train_y)
 
 
-def _budget_flops(method: Method, train_x: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+def _budget_flops(method: Method, train_x: torch.Tensor, batch_size: int, steps: int, seed: int,
+                  train_y: torch.Tensor | None = None) -> float:
     """FLOPs for about ``steps`` steps of every stage, from one probe step per stage.
 
     Each stage gets ``share * total``; the total is chosen so that the stage
@@ -334,6 +340,7 @@ def _budget_flops(method: Method, train_x: torch.Tensor, batch_size: int, steps:
     """
     from gmbench.training import _Step  # the host's own step, so the probe costs what training costs
 
+    check_conditioning(method, train_y, train_x.shape[0])
     g = torch.Generator().manual_seed(seed)
     data, need = train_x, 0.0
     method.train(True)
@@ -342,7 +349,8 @@ def _budget_flops(method: Method, train_x: torch.Tensor, batch_size: int, steps:
         if new is not None:
             data = new
         step = _Step(method, stage.optimizers, method.device)
-        _, cost = count_flops(lambda: step(method.training_step(stage.name, data[:batch_size], 0), 0))
+        given = {"labels": train_y[:batch_size]} if method.class_conditional else {}
+        _, cost = count_flops(lambda: step(method.training_step(stage.name, data[:batch_size], 0, **given), 0))
         method.on_step_end(stage.name, 0)
         need = max(need, (prep + steps * cost) / max(stage.budget_share, 1e-9))
     return need * 1.01 + 1.0
@@ -355,5 +363,5 @@ def _train(setup: Setup, seed: int, max_seconds: float) -> Trained:
     g = torch.Generator().manual_seed(seed)
     with FlopCounterMode(display=False) as counter:
         reports = train(method, setup.train_x, setup.budget, setup.dataset.modality, g,
-                        deadline=time.monotonic() + max_seconds)
+                        deadline=time.monotonic() + max_seconds, labels=setup.train_y)
     return Trained(method, reports, float(counter.get_total_flops()))

@@ -20,6 +20,7 @@ import torch
 from gmbench import checkpointing, progress
 from gmbench.budget import Budget, BudgetExceeded, StepMeter
 from gmbench.checkpointing import CheckpointPolicy
+from gmbench.conditioning import check_conditioning
 from gmbench.flops import count_cost
 from gmbench.method import Method, MethodError, OptimizerSpec
 
@@ -124,6 +125,7 @@ def train(
     clock=time.monotonic,
     milestones: Sequence[float] = (),
     on_milestone: Callable[[float], dict] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> list[StageReport]:
     """Train ``method`` on ``train_x`` under ``budget``; return one report per stage run.
 
@@ -148,6 +150,11 @@ def train(
     whether a curve was taken), and its wall time extends the deadline. A method
     can only be evaluated once its last stage has started: milestones reached in an
     earlier stage are recorded as skipped.
+
+    ``labels`` (one per row of ``train_x``) are the class labels a class-conditional method
+    trains with (``method.class_conditional``; :mod:`gmbench.conditioning`): each step passes
+    the batch's labels as ``training_step(..., labels=...)``. A stage that replaces the
+    training data must keep its rows, so that the labels still belong to them.
     """
     stages = method.stages()
     shares = sum(s.budget_share for s in stages)
@@ -159,6 +166,8 @@ def train(
     deadline = deadline if deadline is not None else clock() + cap_s
     method.budget_view = budget.view(modality, {s.name: total_allowed * s.budget_share for s in stages})
     audit_seed = generator.initial_seed()
+    check_conditioning(method, labels, train_x.shape[0])
+    labels = labels.to(method.device) if method.class_conditional else None
     data, data_replaced = train_x.to(method.device), False
     reports: list[StageReport] = []
     start, resumed = 0, None
@@ -199,6 +208,9 @@ def train(
             apply = _Step(method, stage.optimizers, method.device)
             meter = StepMeter(allowance=report.flops_allowed - report.prepare_flops, seed=audit_seed * 1009 + index)
         n = data.shape[0]
+        if labels is not None and n != labels.shape[0]:
+            raise MethodError(f"stage {stage.name!r} of class-conditional {method.name!r} replaced the {labels.shape[0]} "
+                              f"training examples with {n}: the labels no longer belong to them")
         losses: dict = {}
         last_saved, stopped = clock(), ""
         bar = progress.task(f"{method.name} stage {stage.name}", total=report.flops_allowed, unit="FLOP")
@@ -230,10 +242,11 @@ def train(
             if data.device.type == "cuda":
                 idx = idx.pin_memory().to(data.device, non_blocking=True)
             batch = data[idx]
+            given = {} if labels is None else {"labels": labels[idx]}
             step = meter.steps
             counted = meter.total
             with meter.step():
-                losses = apply(method.training_step(stage.name, batch, step), step)
+                losses = apply(method.training_step(stage.name, batch, step, **given), step)
                 method.on_step_end(stage.name, step)
             bar.advance(meter.total - counted, note=f"step {meter.steps}")
             if meter.steps == 1 and meter.total == 0:

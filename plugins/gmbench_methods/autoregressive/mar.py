@@ -69,12 +69,27 @@ once per ``sample`` call (an upper bound; the host records the count that ran).
 
 Deviations (CPU scale): a single bidirectional transformer with mask tokens (MaskGIT-
 style) instead of the paper's MAE-style encoder (known tokens and 64 buffer tokens) plus
-decoder (mask tokens): with 16 tokens the encoder's saving is nil; no class conditioning
-and so no classifier-free guidance (gmbench's contract is unconditional); the head learns
+decoder (mask tokens): with 16 tokens the encoder's saving is nil; the head learns
 only the mean (epsilon), not the variance (see :mod:`.diffloss`); widths follow the
 ``model_size`` preset (head: 3 blocks of the transformer's width). EMA of both networks
 (paper: 0.9999) with the warm-up ``min(decay, (1 + k)/(10 + k))`` used by gmbench's ddpm.
 Likelihood: ``none`` (the paper reports none).
+
+Class conditioning (``class_cond=True`` on a labelled dataset; default off, the boards' ``mar``
+is unconditional like the methods it is ranked with). The paper's ImageNet models condition on
+the class through class-embedding tokens in the encoder's buffer and sample with
+classifier-free guidance (Ho & Salimans, arXiv 2207.12598). Here a learned class embedding is
+added at every position of the transformer's input (with one bidirectional transformer and no
+buffer tokens, the same information reaches every position); training replaces a label by
+the null class with probability ``p_uncond`` (0.1, the released code's label drop). The host
+passes the labels and chooses the classes of the samples (``gmbench.conditioning``). The
+``ddpm`` / ``ddpm-s20`` samplers then sample given the class; ``ddpm-s20-cfg`` guides each
+head step, ``eps = eps(x|z_u) + w_k (eps(x|z_c) - eps(x|z_u))`` with ``z_c`` / ``z_u`` the
+transformer's outputs for the class and the null class (two transformer calls and two head
+calls per diffusion step, declared and counted), and the paper's linear schedule
+``w_k = 1 + (w - 1) (L - m_{k-1}) / L`` (tokens known before step ``k``; the released code's
+``cfg_schedule="linear"``) up to ``w = guidance`` (1.5 here, as ``ldm``'s, untuned; the paper
+tunes 2.9 for MAR-B on ImageNet).
 """
 
 from __future__ import annotations
@@ -175,7 +190,7 @@ class MARTransformer(nn.Module):
     learned position embedding is added to the output ``z`` (the released code's
     ``diffusion_pos_embed_learned``), so the head sees each token's position directly."""
 
-    def __init__(self, token_dim: int, seq_len: int, cond_dim: int, size: str) -> None:
+    def __init__(self, token_dim: int, seq_len: int, cond_dim: int, size: str, num_classes: int | None = None) -> None:
         super().__init__()
         self.backbone = Transformer(1, seq_len, out_dim=cond_dim, size=size, causal=False, cond=False)
         del self.backbone.tok  # inputs are continuous: embedded here instead
@@ -186,10 +201,16 @@ class MARTransformer(nn.Module):
         self.pos_out = nn.Parameter(torch.zeros(seq_len, cond_dim))
         for p in (self.mask_token, self.pos, self.pos_out):
             nn.init.normal_(p, std=0.02)
+        # class conditioning: one row per class and a last, null row (classifier-free guidance)
+        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, known: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         bb, L = self.backbone, tokens.shape[1]
         h = torch.where(known[..., None], self.inp(tokens), self.mask_token.to(tokens.dtype)) + self.pos[:L]
+        if self.class_embed is not None:
+            h = h + self.class_embed(classes)[:, None, :].to(h.dtype)
         h = bb.drop(h)
         rope = (bb.rope_cos[:L], bb.rope_sin[:L])
         for block in bb.blocks:
@@ -248,6 +269,37 @@ LATENT_CE_SAMPLERS = tuple(dataclasses.replace(s, calls_per_step=s.calls_per_ste
 TOKEN_SOURCES = ("patches", "dc-ae")
 
 
+# classifier-free guidance (module doc): the released code's label drop, and a scale
+DEFAULT_P_UNCOND = 0.1
+DEFAULT_GUIDANCE = 1.5
+
+
+def conditional_samplers(samplers: tuple[SamplerInfo, ...], guidance: float) -> tuple[SamplerInfo, ...]:
+    """A conditional model's samplers: each given the class (guidance 1), and for the diffusion
+    loss ``ddpm-s20-cfg``, guided: twice the transformer and head calls of ``ddpm-s20``."""
+    out = tuple(dataclasses.replace(s, params={**s.params, "guidance": 1.0}) for s in samplers)
+    base = next((s for s in out if s.name == "ddpm-s20"), None)
+    if base is None:  # the cross-entropy ablation: no guided sampler
+        return out
+    return out + (dataclasses.replace(base, name="ddpm-s20-cfg", calls_per_step=2 * base.calls_per_step,
+                                      params={**base.params, "guidance": guidance}),)
+
+
+class GuidedHead(nn.Module):
+    """The diffusion head under classifier-free guidance for one generation step:
+    ``eps(x|z_u) + w (eps(x|z_c) - eps(x|z_u))`` with ``z_u`` (the null class's transformer
+    output) fixed, ``z_c`` passed as usual. Two calls of the wrapped head, each counted."""
+
+    def __init__(self, head: nn.Module, z_uncond: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.head, self.z_uncond, self.scale = head, z_uncond, scale
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        cond = self.head(x, t, z)
+        uncond = self.head(x, t, self.z_uncond)
+        return uncond + self.scale * (cond - uncond)
+
+
 class LatentScale(nn.Module):
     """The latent scale ``1 / sigma_hat`` (a buffer, so checkpoints carry it); never called."""
 
@@ -283,6 +335,9 @@ class MAR(Method):
         ae_f, ae_latent_channels: the DC-AE's spatial factor and latent channels (``dc-ae``'s
             ``f`` and ``latent_channels``).
         ae_share: share of the budget for the DC-AE stage (``tokens="dc-ae"``).
+        class_cond: train and sample given the dataset's labels (module doc); needs labels.
+        p_uncond: probability a training label is replaced by the null class (``class_cond``; 0.1).
+        guidance: final guidance scale of ``ddpm-s20-cfg`` (``class_cond``; 1.5; 1 = none).
     """
 
     name = "mar"
@@ -313,6 +368,9 @@ class MAR(Method):
         ae_f: int = 2,
         ae_latent_channels: int | str = "auto",
         ae_share: float = 0.3,
+        class_cond: bool = False,
+        p_uncond: float | None = None,
+        guidance: float | None = None,
     ) -> None:
         super().__init__(data, model_size)  # toy2d / text: MethodError naming the supported modality
         if order not in ORDERS:
@@ -352,7 +410,8 @@ class MAR(Method):
         self.clip = data.value_range if clip_denoised else None
         self.schedule = NoiseSchedule.cosine(T)
         width = size_config("transformer", model_size)["width"]
-        self.net = MARTransformer(self.d, self.L, width, model_size)
+        self._set_conditioning(data, class_cond, p_uncond, guidance)
+        self.net = MARTransformer(self.d, self.L, width, model_size, data.num_classes if class_cond else None)
         if loss == "diffusion":
             self.head: nn.Module = DiffusionHead(self.d, width, width, int(head_depth), T)
         else:
@@ -360,8 +419,30 @@ class MAR(Method):
             self.samplers = CE_SAMPLERS
         if self.ae is not None:
             self.samplers = LATENT_CE_SAMPLERS if loss == "ce" else LATENT_DIFFUSION_SAMPLERS
+        if class_cond:
+            self.samplers = conditional_samplers(self.samplers, self.guidance)
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False) if self.ema_decay else None
         self.ema_head = copy.deepcopy(self.head).requires_grad_(False) if self.ema_decay else None
+
+    def _set_conditioning(self, data: DataSpec, class_cond, p_uncond, guidance) -> None:
+        """Check and keep the class-conditioning options (module doc)."""
+        if not isinstance(class_cond, bool):
+            raise MethodError(f"mar: class_cond must be true or false, not {class_cond!r}")
+        if not class_cond:
+            if p_uncond is not None or guidance is not None:
+                raise MethodError("mar: p_uncond and guidance apply to a class-conditional model: add class_cond=true")
+            return
+        if not data.num_classes:
+            raise MethodError(f"mar: class_cond=true needs a labelled dataset; {data.name!r} has no classes")
+        p_uncond = DEFAULT_P_UNCOND if p_uncond is None else p_uncond
+        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        if not 0.0 <= float(p_uncond) < 1.0:
+            raise MethodError(f"mar: p_uncond must be in [0, 1), got {p_uncond!r}")
+        if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+                and guidance >= 0):
+            raise MethodError(f"mar: guidance must be a finite number >= 0, got {guidance!r}")
+        self.class_conditional, self.p_uncond, self.guidance = True, float(p_uncond), float(guidance)
+        self.null_class = data.num_classes
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -422,7 +503,7 @@ class MAR(Method):
     def mask_ratio(self, u: torch.Tensor) -> torch.Tensor:
         return truncnorm_mask_ratio(u) if self.mask_schedule == "truncnorm" else cosine_mask_ratio(u)
 
-    def training_step(self, stage: str, batch: torch.Tensor, step: int):
+    def training_step(self, stage: str, batch: torch.Tensor, step: int, labels: torch.Tensor | None = None):
         if stage == "autoencoder":  # DC-AE's stage 1 (its pixel loss and latent moments)
             return {"ae": self.ae.training_step(stage, batch, step)["adam"]}
         x = patchify(batch, self.p)  # (N, L, d)
@@ -435,7 +516,11 @@ class MAR(Method):
         order = generation_order(n, self.L, self.order, device=x.device)
         masked = order[:, self.L - m:]
         known = torch.ones(n, self.L, dtype=torch.bool, device=x.device).scatter(1, masked, False)
-        z = self.net(x, known)
+        classes = None
+        if self.class_conditional:  # labels dropped to the null class for classifier-free guidance
+            drop = torch.rand(labels.shape, device=labels.device) < self.p_uncond
+            classes = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        z = self.net(x, known, classes) if classes is not None else self.net(x, known)
         z_m = z.gather(1, masked[..., None].expand(-1, -1, z.shape[-1])).reshape(n * m, -1)
         if self.loss == "ce":
             target = codes.gather(1, masked).reshape(-1)
@@ -456,15 +541,19 @@ class MAR(Method):
         return (self.ema_net, self.ema_head) if self.ema_decay else (self.net, self.head)
 
     @torch.no_grad()
-    def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator,
+               classes: torch.Tensor | None = None) -> torch.Tensor:
         params = self.sampler(sampler).params
         if isinstance(nfe, bool) or int(nfe) != nfe or nfe < 1:
             raise MethodError(f"mar: nfe (autoregressive steps) must be a positive integer, got {nfe!r}")
+        if self.class_conditional and (classes is None or classes.shape != (n,)):
+            raise MethodError(f"mar: a class-conditional model samples given classes of shape ({n},), "
+                              f"got {None if classes is None else tuple(classes.shape)}")
         net, head = self.sampling_nets()
         was = net.training, head.training
         net.eval(), head.eval()
         try:
-            tokens = self._generate(int(n), int(nfe), params, net, head, generator)
+            tokens = self._generate(int(n), int(nfe), params, net, head, generator, classes)
         finally:
             net.train(was[0]), head.train(was[1])
         x = unpatchify(tokens, self.token_shape, self.p)
@@ -472,8 +561,12 @@ class MAR(Method):
             x = self.ae.decode(x / self.latent_scale.scale)
         return x.clamp(*self.data.value_range) if self.data.value_range else x
 
-    def _generate(self, n, K, params, net, head, generator) -> torch.Tensor:
+    def _generate(self, n, K, params, net, head, generator, classes=None) -> torch.Tensor:
         L, dev = self.L, self.device
+        guidance = float(params.get("guidance", 1.0))
+        if classes is not None:
+            classes = classes.to(dev)
+            null = torch.full_like(classes, self.null_class)
         tokens = torch.zeros(n, L, self.d, device=dev)
         known = torch.zeros(n, L, dtype=torch.bool, device=dev)
         order = generation_order(n, L, self.order, generator, device=dev)
@@ -483,14 +576,21 @@ class MAR(Method):
             if m[k - 1] == m[k] or n == 0:
                 continue  # nothing to generate at this step: no network call
             idx = order[:, L - m[k - 1]: L - m[k]]  # the next n_k positions of each order
-            z = net(tokens, known)
-            z_sel = z.gather(1, idx[..., None].expand(-1, -1, z.shape[-1])).reshape(-1, z.shape[-1])
+
+            def at_idx(z):
+                return z.gather(1, idx[..., None].expand(-1, -1, z.shape[-1])).reshape(-1, z.shape[-1])
+
+            z_sel = at_idx(net(tokens, known, classes) if classes is not None else net(tokens, known))
+            step_head = head
+            if guidance != 1.0:  # the linear schedule: 1 at the first step, `guidance` when all is known
+                w = 1.0 + (guidance - 1.0) * (L - m[k - 1]) / L
+                step_head = GuidedHead(head, at_idx(net(tokens, known, null)), w)
             if self.loss == "ce":
                 logits = head(z_sel).double() / tau
                 codes = torch.multinomial(logits.softmax(-1).to(generator.device), 1, generator=generator)
                 new = head.codebook[codes.reshape(-1).to(dev)]
             else:
-                new = sample_tokens(head, self.schedule, z_sel, self.d, int(params["diffusion_steps"]),
+                new = sample_tokens(step_head, self.schedule, z_sel, self.d, int(params["diffusion_steps"]),
                                     tau, generator, self.clip)
             tokens = tokens.scatter(1, idx[..., None].expand(-1, -1, self.d), new.reshape(n, -1, self.d).to(tokens.dtype))
             known = known.scatter(1, idx, True)

@@ -1,6 +1,6 @@
 """LDM: Latent Diffusion Models (Rombach, Blattmann, Lorenz, Esser & Ommer 2022,
 "High-Resolution Image Synthesis with Latent Diffusion Models", arXiv 2112.10752),
-unconditional, at CPU scale.
+unconditional or class-conditional, at CPU scale.
 
 Two stages inside one training budget, each with a stated share of its FLOPs:
 
@@ -77,22 +77,38 @@ it needs a proper decoder likelihood ``p(x|z)``: the stage-1 loss is an L1 dista
 fitted scale (the paper's learned log-variance is fixed here), so any scale would be a choice
 of ours, not the model's, and the paper reports no likelihood for LDMs.
 
-**Not implemented**: class conditioning (digits carries labels, but the method contract's
-``training_step`` receives only images, so the conditional LDM of the paper's class-conditional
-ImageNet model cannot be trained here; this is the paper's unconditional LDM), cross-attention
-conditioning, the VQ-regularised autoencoder, LPIPS / GAN losses (above). Images only: a 2-D
-toy point has no spatial structure to compress, so toy2d is refused with an error.
+**Class conditioning** (``class_cond=True``, on a labelled dataset such as digits; default off,
+so the boards' ``ldm`` is the unconditional model the other methods are compared with). The
+paper's class-conditional ImageNet LDM (Sec. 4.3.1, Table 3) conditions on the class and
+samples with classifier-free guidance (Ho & Salimans, arXiv 2207.12598). Here the class
+enters the latent U-Net as a learned embedding added to the time embedding (the
+``gmbench.backbones.UNet`` route, the issue's "or embedding"; the paper feeds a class
+embedding to cross-attention, which at one token amounts to a learned per-class bias of the
+attention output). Training drops the label to the null class with probability
+``p_uncond`` (default 0.1, the guidance paper's range 0.1-0.2), so one network learns
+``eps(z_t, t, c)`` and ``eps(z_t, t, null)``; the host passes the batch's labels
+(``gmbench.conditioning``). Samplers of a conditional model: ``ddim`` and ``ancestral`` given
+the class (guidance scale 1: one U-Net call a step), and ``ddim-cfg``, DDIM with guidance
+``eps~ = eps(z, null) + s (eps(z, c) - eps(z, null))`` at ``s = guidance`` (default 1.5, the
+paper's Table 3 setting): two U-Net calls a step, declared (``calls_per_step=2``) and counted.
+The host chooses the classes (balanced over the dataset's, shuffled by the seed) and the boards
+mark the run ``class-conditional``.
+
+**Not implemented**: cross-attention conditioning on text or layouts, the VQ-regularised
+autoencoder, LPIPS / GAN losses (above). Images only: a 2-D toy point has no spatial structure
+to compress, so toy2d is refused with an error.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
 from gmbench import hookimpl
-from gmbench.backbones import size_config
+from gmbench.backbones import UNet, size_config
 from gmbench.data.base import DataSpec
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
 
@@ -102,6 +118,10 @@ from .schedules import NoiseSchedule
 
 AUTOENCODERS = ("kl", "dc-ae")
 REC_LOSSES = ("l1", "l2")
+# classifier-free guidance: label dropout in training (2207.12598 uses 0.1-0.2) and the
+# sampling scale of LDM's class-conditional ImageNet results (Table 3)
+DEFAULT_P_UNCOND = 0.1
+DEFAULT_GUIDANCE = 1.5
 # images encoded per chunk in on_stage_start (memory only)
 SCALE_CHUNK = 512
 
@@ -122,6 +142,25 @@ class LatentScale(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("scale", torch.ones(()))  # float32: every device holds it
+
+
+class GuidedDenoiser(nn.Module):
+    """``eps(z, t)`` of a class-conditional U-Net for fixed classes: ``eps(z, t, c)`` at guidance
+    1, else classifier-free guidance ``eps(z, t, null) + s (eps(z, t, c) - eps(z, t, null))``
+    (two calls of the wrapped network, each counted by the host). Not in ``modules()``: it
+    holds no weights of its own."""
+
+    def __init__(self, net: nn.Module, classes: torch.Tensor, null_class: int, scale: float) -> None:
+        super().__init__()
+        self.net, self.classes, self.scale = net, classes, scale
+        self.null = torch.full_like(classes, null_class)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond = self.net(z, t, self.classes)
+        if self.scale == 1.0:
+            return cond
+        uncond = self.net(z, t, self.null)
+        return uncond + self.scale * (cond - uncond)
 
 
 class LDM(Method):
@@ -149,6 +188,11 @@ class LDM(Method):
         T, beta_start, beta_end: LDM's sqrt-linear noise schedule (paper: 1000, 0.0015, 0.0195).
         ema_decay: EMA of the U-Net's weights for sampling (``ddpm``'s warm-up rule); 0 turns it off.
         scale_examples: training images encoded to estimate ``sigma_hat`` at the latent stage's start.
+        class_cond: train and sample given the dataset's class labels (module doc); needs labels.
+        p_uncond: probability that a training label is replaced by the null class (``class_cond``;
+            default 0.1).
+        guidance: classifier-free guidance scale of the ``ddim-cfg`` sampler (``class_cond``; default
+            1.5, the paper's; 1 = none).
     """
 
     name = "ldm"
@@ -181,6 +225,9 @@ class LDM(Method):
         ema_decay: float | None = 0.9999,
         scale_examples: int = 1024,
         ae_channels: int | str = "auto",
+        class_cond: bool = False,
+        p_uncond: float | None = None,
+        guidance: float | None = None,
     ) -> None:
         if data.modality != "image" or len(data.shape) != 3:
             raise MethodError(
@@ -233,9 +280,43 @@ class LDM(Method):
         self.diffusion = DDPM(latent_spec, model_size, T=T, lr=lr, ema_decay=ema_decay, clip_denoised=False)
         self.diffusion.schedule = ldm_linear_schedule(T, float(beta_start), float(beta_end))
         self.T = T
+        if not isinstance(class_cond, bool):
+            raise MethodError(f"ldm: class_cond must be true or false, not {class_cond!r}")
+        if class_cond:
+            self._make_conditional(data, model_size, DEFAULT_P_UNCOND if p_uncond is None else p_uncond,
+                                   DEFAULT_GUIDANCE if guidance is None else guidance)
+        elif p_uncond is not None or guidance is not None:
+            raise MethodError("ldm: p_uncond and guidance apply to a class-conditional model: add class_cond=true")
         self.latent_scale = LatentScale()
         #: what the last on_stage_start("latent") did: images encoded, sigma_hat, scale
         self.scale_report: dict = {}
+
+    def _make_conditional(self, data: DataSpec, model_size: str, p_uncond: float, guidance: float) -> None:
+        """Swap in a class-conditional latent U-Net (zero output layer and EMA as ``ddpm``'s) and
+        the conditional samplers (module doc)."""
+        if not data.num_classes:
+            raise MethodError(f"ldm: class_cond=true needs a labelled dataset; {data.name!r} has no classes")
+        if not 0.0 <= float(p_uncond) < 1.0:
+            raise MethodError(f"ldm: p_uncond must be in [0, 1), got {p_uncond!r}")
+        if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+                and guidance >= 0):
+            raise MethodError(f"ldm: guidance must be a finite number >= 0, got {guidance!r}")
+        d = self.diffusion
+        d.net = UNet(self.latent_channels, self.latent_channels, self.latent_shape[1:], size=model_size,
+                     num_classes=data.num_classes)
+        nn.init.zeros_(d.net.out.weight)
+        nn.init.zeros_(d.net.out.bias)
+        d.ema = copy.deepcopy(d.net).requires_grad_(False) if d.ema is not None else None
+        self.class_conditional, self.p_uncond, self.guidance = True, float(p_uncond), float(guidance)
+        self.null_class = data.num_classes
+        self.samplers = (
+            SamplerInfo("ddim", adjustable_nfe=True, deterministic=True, default_nfe=50,
+                        params={"eta": 0.0, "guidance": 1.0}),
+            SamplerInfo("ancestral", adjustable_nfe=True, deterministic=False, default_nfe=1001,
+                        params={"sigma2": "beta_tilde", "guidance": 1.0}),
+            SamplerInfo("ddim-cfg", adjustable_nfe=True, deterministic=True, default_nfe=50, calls_per_step=2.0,
+                        params={"eta": 0.0, "guidance": self.guidance}),
+        )
 
     # -- networks ---------------------------------------------------------------------------------
 
@@ -318,12 +399,25 @@ class LDM(Method):
         self.estimate_scale(train_x[: self.scale_examples], generator)
         return None  # the pixels stay the training data: each step encodes its batch
 
-    def training_step(self, stage: str, batch: torch.Tensor, step: int):
+    def training_step(self, stage: str, batch: torch.Tensor, step: int, labels: torch.Tensor | None = None):
         if stage == "autoencoder":
             return {"ae": self.autoencoder_loss(batch)}
         with torch.no_grad():  # the frozen first stage, metered with the step
             z = self.encode(batch) * self.scale
-        return {"unet": self.diffusion.training_step("denoise", z, step)["adam"]}
+        if not self.class_conditional:
+            return {"unet": self.diffusion.training_step("denoise", z, step)["adam"]}
+        return {"unet": self.conditional_loss(z, labels)}
+
+    def conditional_loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 given the class, ``|| eps - eps_theta(z_t, t, c) ||^2``, with each label replaced
+        by the null class with probability ``p_uncond`` (classifier-free guidance's training)."""
+        d = self.diffusion
+        drop = torch.rand(labels.shape, device=labels.device) < self.p_uncond
+        c = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        t = torch.randint(1, d.T + 1, (z.shape[0],), device=z.device)
+        eps = torch.randn_like(z)
+        zt = d.schedule.q_sample(z, t, eps)
+        return (d.net(zt, t.float() / d.T, c) - eps).pow(2).mean()
 
     def on_step_end(self, stage: str, step: int) -> None:
         if stage == "latent":
@@ -343,20 +437,28 @@ class LDM(Method):
         return nfe - 1
 
     @torch.no_grad()
-    def sample_latents(self, n: int, sampler: str, steps: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` scaled latents ``z_0`` after ``steps`` reverse steps of ``sampler`` (one U-Net call each)."""
+    def sample_latents(self, n: int, sampler: str, steps: int, generator: torch.Generator,
+                       classes: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` scaled latents ``z_0`` after ``steps`` reverse steps of ``sampler`` (one U-Net
+        call each; two with guidance), given ``classes`` when the model is class-conditional."""
         params = self.sampler(sampler).params
         d = self.diffusion
         taus = d.timesteps(steps).tolist()
         net = d.denoiser()
+        if self.class_conditional:
+            if classes is None or classes.shape != (n,):
+                raise MethodError(f"ldm: a class-conditional model samples given classes of shape ({n},), "
+                                  f"got {None if classes is None else tuple(classes.shape)}")
+            net = GuidedDenoiser(net, classes.to(self.device), self.null_class, float(params["guidance"]))
         z = d._randn((n, *self.latent_shape), generator)  # z_T ~ N(0, I)
         for t, s in zip(reversed(taus), reversed([0] + taus[:-1])):
             z = d.reverse_step(net, z, t, s, params, generator)
         return z
 
     @torch.no_grad()
-    def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator) -> torch.Tensor:
-        z = self.sample_latents(n, sampler, self.steps_for(nfe), generator)
+    def sample(self, n: int, sampler: str, nfe: int, generator: torch.Generator,
+               classes: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.sample_latents(n, sampler, self.steps_for(nfe), generator, classes)
         x = self.decode(z / self.scale)
         return x.clamp(*self.data.value_range) if self.data.value_range is not None else x
 
