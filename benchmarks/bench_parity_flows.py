@@ -5,10 +5,11 @@ For each seed and each FLOP budget:
 
 (a) gmbench's ``glow`` (1807.03039) and ``realnvp`` (1605.08803) at the ``small`` preset,
     trained through gmbench's own loop (``gmbench.training.train``: its meter, data order and
-    optimizer) with the toy2d allowance set to the budget;
-(a') the same two with every coupling network swapped for zuko's kind (two hidden layers of
-    64, ReLU; ``glow[plain=64]``): the flow code against zuko's on equal conditioners, apart
-    from the shared backbone's cost;
+    optimizer) with the toy2d allowance set to the budget; ``realnvp[coupling=spline]`` is
+    gmbench's own rational-quadratic spline coupling (1906.04032), the kind of flow zuko's NSF is;
+(a') the same with every coupling network swapped for zuko's kind (two hidden layers of
+    64, ReLU; ``glow[plain=64]``, ``realnvp[plain=64;coupling=spline]``): the flow code against
+    zuko's on equal conditioners, apart from the shared backbone's cost;
 (b) zuko's ``NSF`` (neural spline flow, arXiv 1906.04032: monotonic rational-quadratic
     splines, autoregressive conditioners, which in 2-D are couplings) and zuko's ``RealNVP``
     (affine coupling), each with 3 transforms of two hidden layers of 64 (zuko's defaults),
@@ -95,10 +96,10 @@ def swap_conditioners(method, width: int) -> None:
     the flow code with zuko's on the same size of conditioner, apart from the shared backbone."""
     from torch import nn
 
-    from gmbench_methods.flows.layers import ChannelCoupling, MaskedCoupling
+    from gmbench_methods.flows.layers import ChannelCoupling, MaskedCoupling, MaskedSplineCoupling
 
     for m in method.flow.modules():
-        if isinstance(m, (ChannelCoupling, MaskedCoupling)):
+        if isinstance(m, (ChannelCoupling, MaskedCoupling, MaskedSplineCoupling)):
             d_in, d_out = m.net.inp.in_features, m.net.out.out_features
             net = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                                 nn.Linear(width, d_out))
@@ -159,13 +160,24 @@ def run_zuko(kind: str, seed: int, budgets: list[float], data: EightGaussians) -
 # ------------------------------------------------------------------------- main
 
 
+def parse_value(text: str):
+    """A constructor argument from the command line: JSON (``64``, ``"exp"``), else the bare
+    word as a string (``coupling=spline``), as ``gmbench run``'s method labels write it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flops", default="1e11,3e11,1e12", help="comma-separated training budgets")
     parser.add_argument("--methods", default="zuko-nsf,zuko-realnvp,glow,realnvp,glow[plain=64],realnvp[plain=64]",
                         help="zuko-nsf, zuko-realnvp, or a gmbench flow with constructor arguments "
-                             "name[key=value;...]; plain=W swaps its conditioners for zuko's kind of MLP")
+                             "name[key=value;...] (values JSON, or a bare word as a string: "
+                             "realnvp[plain=64;coupling=spline]); plain=W swaps its conditioners for zuko's kind of MLP")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     args = parser.parse_args()
     budgets = [float(f) for f in args.flops.split(",")]
@@ -190,7 +202,7 @@ def main() -> None:
                     print(json.dumps({"method": m, "seed": seed, "budget": b, **r}), flush=True)
             else:
                 name, _, extra = m.partition("[")
-                kwargs = {k: json.loads(v) for k, v in (kv.split("=") for kv in extra.rstrip("]").split(";") if kv)}
+                kwargs = {k: parse_value(v) for k, v in (kv.split("=") for kv in extra.rstrip("]").split(";") if kv)}
                 for b in budgets:
                     r = run_gmbench(name, seed, b, data, kwargs)
                     results[m][b].append(r)

@@ -5,7 +5,10 @@ initialisation: ``x -> y -> x`` within 1e-5, and its log-determinant equal to
 ``log |det J|`` of autograd's Jacobian, example by example, in small dimension. Also the
 whole toy2d and 8x8 image flows of both methods, actnorm's data-dependent initialisation,
 the batch-norm layer's two modes, the squeeze's pixel order and the LU form of the 1x1
-convolution.
+convolution; and the rational-quadratic spline of ``realnvp[coupling=spline]``
+(gmbench_methods.flows.splines, arXiv 1906.04032) on its own: inverse through the bins, at
+the knots and in the identity tails, the slope against autograd, the identity at zero
+conditioner outputs, and a cost that does not depend on the data.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from gmbench.data.base import DataSpec
 from gmbench_methods.flows import layers as L
+from gmbench_methods.flows import splines as S
 from gmbench_methods.flows.glow import Glow
 from gmbench_methods.flows.realnvp import RealNVP
 
@@ -108,6 +112,104 @@ def test_channel_coupling(kind):
     additive, scale = kind == "additive", "sigmoid" if kind == "additive" else kind
     check_layer(perturb(L.ChannelCoupling(small_mlp(1, 4), additive=additive, scale=scale)), VEC)
     check_layer(perturb(L.ChannelCoupling(small_conv(1, 2), additive=additive, scale=scale), seed=4), IMG)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_spline_coupling_vector(parity):
+    # bound 1.5 on values of std 1.5: about a third of them in the identity tails
+    layer = perturb(L.MaskedSplineCoupling(L.dimension_mask(3, parity), small_mlp(3, 3 * 11), bins=4, bound=1.5))
+    x = 1.5 * VEC
+    assert (x.abs() > 1.5).any() and (x.abs() < 1.5).any()
+    check_layer(layer, x)
+    b = L.dimension_mask(3, parity).bool().expand_as(x)
+    assert torch.equal(layer(x)[0][b], x[b])  # the conditioning dimensions pass unchanged
+
+
+@pytest.mark.parametrize("mask", ["checkerboard", "channel"])
+def test_spline_coupling_image(mask):
+    b = L.checkerboard_mask(2, 4, 4, 1) if mask == "checkerboard" else L.channel_mask(2, 0)
+    layer = perturb(L.MaskedSplineCoupling(b, small_conv(2, 2 * 8), bins=3, bound=1.0), seed=3)
+    assert (IMG.abs() > 1.0).any()
+    check_layer(layer, IMG)
+
+
+def test_spline_coupling_starts_as_the_identity():
+    """Designed so: zero conditioner outputs give equal bins and unit derivatives (the
+    softplus is shifted so that softplus(0 + c) + min = 1), which is the identity map."""
+    layer = L.MaskedSplineCoupling(L.dimension_mask(2, 0), L.mlp_conditioner(2, 2 * 23, "tiny"), bins=8).double()
+    x = torch.tensor([[0.3, -2.9], [-1.0, 2.2], [4.0, -5.0], [0.0, 3.0]], dtype=torch.float64)
+    y, logdet = layer(x)
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logdet, torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def random_spline(values: int, bins: int, bound: float, seed: int = 0):
+    """Knots and derivatives of ``values`` splines from raw conditioner outputs of std 2
+    (uneven bins, derivatives far from 1)."""
+    theta = 2 * torch.randn(values, 3 * bins - 1, generator=gen(seed), dtype=torch.float64)
+    return S.spline_params(theta, bound)
+
+
+def test_spline_inverts_in_the_bins_at_the_knots_and_in_the_tails():
+    bound, bins = 2.0, 5
+    kx, ky, d = random_spline(300, bins, bound)
+    xs = [
+        torch.linspace(-3.5, 3.5, 300, dtype=torch.float64),  # through the bins and both tails
+        kx[:, 3], kx[:, 0], kx[:, -1],  # each spline at an inner knot of its own, exactly -B and B
+        torch.full((300,), -bound - 1e-12, dtype=torch.float64), torch.full((300,), 1e6, dtype=torch.float64),
+    ]
+    for x in xs:
+        y, _ = S.rational_quadratic_spline(x, kx, ky, d, bound)
+        assert (S.rational_quadratic_spline_inverse(y, kx, ky, d, bound) - x).abs().max() < 1e-5
+    # the knots map onto the knots; the tails are the identity, exactly
+    y, _ = S.rational_quadratic_spline(kx.T.contiguous(), *(t.expand(bins + 1, -1, -1) for t in (kx, ky, d)), bound)
+    torch.testing.assert_close(y, ky.T, rtol=0, atol=1e-12)
+    tails = torch.tensor([-1e6, -2.5, -bound - 1e-9, bound + 1e-9, 7.0], dtype=torch.float64)
+    y, log_slope = S.rational_quadratic_spline(tails, *(t[:5] for t in (kx, ky, d)), bound)
+    assert torch.equal(y, tails) and torch.equal(log_slope, torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(S.rational_quadratic_spline_inverse(tails, *(t[:5] for t in (kx, ky, d)), bound), tails)
+
+
+def test_spline_slope_matches_autograd_and_the_map_is_increasing():
+    bound = 2.0
+    kx, ky, d = random_spline(400, 6, bound, seed=1)
+    x = torch.linspace(-2.5, 2.5, 400, dtype=torch.float64).requires_grad_()
+    y, log_slope = S.rational_quadratic_spline(x, kx, ky, d, bound)
+    (dy,) = torch.autograd.grad(y.sum(), x)  # elementwise map: the Jacobian is diagonal
+    torch.testing.assert_close(log_slope, torch.log(dy), rtol=0, atol=1e-9)
+    assert (dy > 0).all()
+    # knots strictly increasing from -B to B, derivatives 1 at both ends (identity tails)
+    assert (kx.diff(dim=-1) > 0).all() and (ky.diff(dim=-1) > 0).all()
+    assert (kx[:, 0] == -bound).all() and (kx[:, -1] == bound).all() and (ky[:, -1] == bound).all()
+    assert (d[:, 0] == 1).all() and (d[:, -1] == 1).all() and (d > 0).all()
+
+
+def test_spline_params_layout_and_minimum_bins():
+    theta = torch.zeros(1, 3 * 4 - 1, dtype=torch.float64)
+    theta[0, 0] = -1e4  # the first width's softmax share is ~0: the minimum bin keeps it open
+    kx, ky, d = S.spline_params(theta, 1.0, min_bin=1e-3)
+    torch.testing.assert_close(kx[0, 1] - kx[0, 0], torch.tensor(2e-3, dtype=torch.float64))
+    torch.testing.assert_close(ky[0], torch.linspace(-1, 1, 5, dtype=torch.float64))  # heights untouched
+    torch.testing.assert_close(d[0], torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="3K - 1"):
+        S.spline_params(torch.zeros(2, 10), 1.0)
+
+
+def test_spline_costs_the_same_whatever_the_data():
+    """The host charges a training step its counted ops and audits that the cost stays the same
+    (docs/integrity.md): the spline's cost must not follow how many values fall in the tails."""
+    from gmbench.flops import count_cost
+
+    kx, ky, d = random_spline(64, 8, 3.0, seed=2)
+    costs = set()
+    for scale in (0.1, 2.0, 50.0):  # all inside, some in the tails, nearly all in the tails
+        x = scale * torch.randn(64, generator=gen(3), dtype=torch.float64)
+        _, fwd = count_cost(S.rational_quadratic_spline, x, kx, ky, d, 3.0)
+        _, inv = count_cost(S.rational_quadratic_spline_inverse, x, kx, ky, d, 3.0)
+        costs.add((fwd.total, inv.total))
+    assert len(costs) == 1, costs
+    (fwd_total, _), = costs
+    assert fwd_total >= 64 * 8  # the bin search alone compares each value with the knots
 
 
 def test_glow_coupling_starts_at_sigmoid_two():
@@ -272,7 +374,7 @@ def flow_of(cls, spec, **kwargs):
 
 WHOLE = [
     (RealNVP, {}), (RealNVP, {"coupling": "additive"}), (RealNVP, {"norm": "batchnorm"}), (Glow, {}),
-    (Glow, {"coupling": "additive"}),
+    (Glow, {"coupling": "additive"}), (RealNVP, {"coupling": "spline", "tail_bound": 2.0}),
 ]
 
 
@@ -288,8 +390,9 @@ def test_whole_toy2d_flow_inverts_and_logdet_matches_jacobian(cls, kwargs):
     torch.testing.assert_close(method.log_prob(x), L.standard_normal_log_prob(eps) + autograd_logdet, rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("cls,kwargs", [(RealNVP, {}), (RealNVP, {"norm": "batchnorm", "coupling": "additive"}), (Glow, {})],
-                         ids=["realnvp", "nice-batchnorm", "glow"])
+@pytest.mark.parametrize("cls,kwargs", [(RealNVP, {}), (RealNVP, {"norm": "batchnorm", "coupling": "additive"}), (Glow, {}),
+                                        (RealNVP, {"coupling": "spline", "bins": 4, "tail_bound": 2.0})],
+                         ids=["realnvp", "nice-batchnorm", "glow", "realnvp-spline"])
 def test_whole_image_flow_inverts_and_logdet_matches_jacobian(cls, kwargs):
     method = flow_of(cls, DIGITS, hidden=4, **kwargs)
     x = L.dequantise(torch.randint(0, 17, (2, 1, 8, 8), generator=gen(11)).double() / 8 - 1, 0.125, gen(12))

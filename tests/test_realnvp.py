@@ -1,13 +1,13 @@
 """Tests for the `realnvp` plugin (RealNVP, arXiv 1605.08803; NICE, arXiv 1410.8516, as
-``coupling="additive"``).
+``coupling="additive"``; neural spline flow couplings, arXiv 1906.04032, as ``coupling="spline"``).
 
 Closed forms: the exact likelihood of the identity-initialised image flow is the logit
 transform's change of variables, by hand; NICE's additive flow changes volume only through
 its final scaling; the toy2d density integrates to 1 on a grid. Structure: the multi-scale
 architecture on 8x8 digits (2 scales, 10 couplings, 32 + 32 latent dimensions). Evaluation
 mode: batch normalisation uses running averages, so an example's likelihood does not depend
-on its batch. Learning on a reduced smoke budget, conformance on toy2d and digits (the
-layers themselves: tests/test_flow_layers.py).
+on its batch. Learning on a reduced smoke budget (affine and spline couplings), conformance
+on toy2d and digits (the layers themselves: tests/test_flow_layers.py).
 """
 
 from __future__ import annotations
@@ -67,8 +67,12 @@ def test_contract_and_registration():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"coupling": "spline"}, "coupling must be one of"),
+        ({"coupling": "cubic"}, "coupling must be one of"),
         ({"norm": "layernorm"}, "norm must be one of"),
+        ({"coupling": "spline", "bins": 1}, "bins must be an integer in"),
+        ({"coupling": "spline", "bins": 8.0}, "bins must be an integer in"),
+        ({"coupling": "spline", "tail_bound": 0.0}, "tail_bound must be a finite number > 0"),
+        ({"coupling": "spline", "tail_bound": float("inf")}, "tail_bound must be a finite number > 0"),
         ({"couplings": 0}, "couplings must be a positive integer"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"bn_momentum": 0.0}, "bn_momentum must be in"),
@@ -129,6 +133,24 @@ def test_toy2d_alternating_masks_and_nice_scaling_layer():
     nice = RealNVP(TOY, model_size="tiny", coupling="additive")
     assert isinstance(nice.flow.scaling, L.DiagonalScaling) and nice.flow.scaling.log_scale.shape == (2,)
     assert all(m.additive for m in nice.flow.modules() if isinstance(m, L.MaskedCoupling))
+
+
+def test_spline_flow_layout_on_toy2d_and_digits():
+    # a leading actnorm puts the data into [-B, B], then the couplings as for the affine flow
+    model = RealNVP(TOY, model_size="tiny", coupling="spline", bins=5, tail_bound=2.5)
+    flow = model.flow
+    assert type(flow.lead) is L.ActNorm and flow.scaling is None
+    splines = [m for m in flow.final if isinstance(m, L.MaskedSplineCoupling)]
+    assert [m.mask.flatten().tolist() for m in splines] == [[1, 0], [0, 1], [1, 0], [0, 1]]
+    assert all((m.bins, m.bound, m.net.out.out_features) == (5, 2.5, 2 * 14) for m in splines)
+    assert "4 nets" in model.backbone()
+    assert RealNVP(TOY, model_size="tiny").flow.lead is None  # the affine flow is unchanged
+    assert RealNVP(TOY, model_size="tiny", coupling="spline", norm="none").flow.lead is None
+    digits = RealNVP(DIGITS, model_size="tiny", coupling="spline")
+    nets = [m for m in digits.flow.modules() if isinstance(m, L.MaskedSplineCoupling)]
+    assert len(nets) == 10 and "10 nets" in digits.backbone()
+    assert [m.net.out.out_channels for m in nets] == [23] * 3 + [4 * 23] * 3 + [2 * 23] * 4  # 3K - 1 per channel
+    assert isinstance(digits.flow.pre, L.LogitTransform) and type(digits.flow.lead) is L.ActNorm
 
 
 def test_nice_changes_volume_only_through_its_scaling_layer():
@@ -211,6 +233,25 @@ def test_learns_8gaussians_on_a_smoke_budget_and_density_integrates_to_one():
     assert counted_nfe(model, "sample", 1, gen(4)) == 1
 
 
+def test_spline_coupling_learns_8gaussians_on_a_smoke_budget():
+    data = EightGaussians()
+    torch.manual_seed(0)
+    model = RealNVP(data.spec(), model_size=QUICK.model_size, coupling="spline")
+    model.train(False)
+    untrained = HeldOutLikelihood().score_model(model, EvalContext(dataset=data, n_samples=0, seed=0))["test_nll"]
+    (report,) = train(model, data.split("train").x, QUICK, "toy2d", gen(0))
+    assert report.steps > 30 and report.flops <= QUICK.flops_for("toy2d")
+    trained = HeldOutLikelihood().score_model(model, EvalContext(dataset=data, n_samples=0, seed=0))["test_nll"]
+    # the same bars as the affine flow's test (a fitted Gaussian scores about 4.95 nats); at
+    # this budget (91 steps) the spline flow reached 3.60 here, the affine one 4.07
+    assert trained < untrained - 2.0, (trained, untrained)
+    assert trained < 4.8, trained
+    assert abs(grid_mass(model) - 1.0) < 0.01  # an exact density: its log-determinant is right
+    x = model.sample(2000, "sample", 1, gen(3))
+    assert x.shape == (2000, 2) and torch.isfinite(x).all()
+    assert counted_nfe(model, "sample", 1, gen(4)) == 1
+
+
 def test_determinism_given_seeds():
     model = RealNVP(TOY, model_size="tiny", couplings=2)
     model.train(False)
@@ -230,6 +271,18 @@ class TestNICEConformanceToy(MethodConformance):
     method = RealNVP
     dataset = "8gaussians"
     hparams = {"coupling": "additive", "norm": "batchnorm"}
+
+
+class TestSplineConformanceToy(MethodConformance):
+    method = RealNVP
+    dataset = "8gaussians"
+    hparams = {"coupling": "spline"}
+
+
+class TestSplineConformanceDigits(MethodConformance):
+    method = RealNVP
+    dataset = "digits"
+    hparams = {"coupling": "spline"}
 
 
 class TestRealNVPConformanceDigits(MethodConformance):

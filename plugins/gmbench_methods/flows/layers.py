@@ -17,6 +17,12 @@ Layers and their equations:
   The scale is bounded, ``s = a * tanh(raw)`` with ``a`` learned per channel (initialised to 1):
   a choice made here for stability (an unbounded ``exp`` of a fresh network's output can
   overflow in the first steps); the paper does not constrain ``s``.
+* :class:`MaskedSplineCoupling` — the neural spline flow's coupling (Durkan et al., arXiv
+  1906.04032, Sec. 3 and Eq. 4), the same masks: ``y = b*x + (1-b) * g(x; theta(b*x))`` with
+  ``g`` a monotonic rational-quadratic spline of ``K`` bins on ``[-B, B]`` and identity tails
+  (:mod:`.splines`), applied to each value with its own ``3K - 1`` conditioner outputs;
+  ``log|det| = sum (1-b) log g'``. Zero conditioner outputs give the identity (equal bins,
+  unit derivatives), like the zero-initialised affine coupling.
 * :class:`ChannelCoupling` — Glow's affine coupling (arXiv 1807.03039, Table 1): split the
   channels ``x = [x_a, x_b]``, ``(t, raw) = NN(x_a)``, ``y_b = (x_b + t) * scale``,
   ``log|det| = sum log scale``; ``scale = sigmoid(raw + 2)`` as in Glow's released code (it
@@ -60,6 +66,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .splines import rational_quadratic_spline, rational_quadratic_spline_inverse, spline_params
 
 
 def _feature_shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -142,6 +150,40 @@ class MaskedCoupling(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         s, t = self._st(y)  # b*y == b*x
         return (y - t) * torch.exp(-s)
+
+
+class MaskedSplineCoupling(nn.Module):
+    """A rational-quadratic spline coupling with a fixed binary mask (module doc; the spline in
+    :mod:`.splines`, arXiv 1906.04032): ``realnvp[coupling=spline]``.
+
+    Args:
+        mask: 1 on the part that conditions (passes unchanged), broadcastable to ``x``.
+        net: maps ``b*x`` (shape of ``x``) to ``(3K - 1) C`` features, the ``3K - 1`` spline
+            values of channel ``c`` at ``c (3K - 1) ... (c + 1)(3K - 1) - 1`` along dim 1; its last
+            layer zero-initialised, so the layer starts as the identity.
+        bins: ``K``.
+        bound: ``B``; the identity outside ``[-B, B]``.
+    """
+
+    def __init__(self, mask: torch.Tensor, net: nn.Module, bins: int = 8, bound: float = 3.0) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.net, self.bins, self.bound = net, bins, bound
+
+    def _spline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.net(x * self.mask)
+        per = 3 * self.bins - 1
+        theta = h.view(h.shape[0], x.shape[1], per, *h.shape[2:]).movedim(2, -1)  # (N, C, [H, W,] 3K - 1)
+        return spline_params(theta, self.bound)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, log_slope = rational_quadratic_spline(x, *self._spline(x), self.bound)
+        keep = self.mask  # the conditioning part passes unchanged and adds nothing to log |det|
+        return keep * x + (1 - keep) * y, _sum_per_example((1 - keep) * log_slope)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        x = rational_quadratic_spline_inverse(y, *self._spline(y), self.bound)  # b*y == b*x
+        return self.mask * y + (1 - self.mask) * x
 
 
 class ChannelCoupling(nn.Module):
