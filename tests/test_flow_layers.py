@@ -155,7 +155,7 @@ def test_spline_inverts_in_the_bins_at_the_knots_and_in_the_tails():
     kx, ky, d = random_spline(300, bins, bound)
     xs = [
         torch.linspace(-3.5, 3.5, 300, dtype=torch.float64),  # through the bins and both tails
-        kx[:, 3], kx[:, 0], kx[:, -1],  # each spline at an inner knot of its own, exactly -B and B
+        *kx.unbind(-1),  # each spline at each of its own knots: -B exactly, the bin edges, B exactly
         torch.full((300,), -bound - 1e-12, dtype=torch.float64), torch.full((300,), 1e6, dtype=torch.float64),
     ]
     for x in xs:

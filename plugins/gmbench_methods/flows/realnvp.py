@@ -31,7 +31,7 @@ objective and the bits/dim it gives). Layers (equations in :mod:`.layers`):
   permutations; here the masks alternate as in RealNVP, so ``realnvp`` against
   ``realnvp[coupling=spline]`` isolates the coupling.
   Images use the same multi-scale layout (the last layer of each ``ConvNet`` gives ``3K - 1``
-  channels per channel: about 3x the affine flow's FLOPs per step on digits).
+  channels per channel: 3-4x the affine flow's FLOPs per step on digits).
 * **toy2d**: ``couplings`` coupling layers (default 4, as many as ``glow``'s steps) with
   masks alternating over the two dimensions (``b = (1, 0)``, ``(0, 1)``, ...), each conditioner a shared
   :class:`gmbench.backbones.MLP` at the budget's preset (``cond=False``: a flow has no time
@@ -246,10 +246,10 @@ class RealNVP(FlowMethod):
         coupling: ``"affine"`` (RealNVP), ``"additive"`` (NICE, with its final scaling layer) or
             ``"spline"`` (rational-quadratic spline coupling of neural spline flows, arXiv 1906.04032,
             after a leading ``norm`` layer).
-        bins: ``coupling="spline"``: bins ``K`` of each spline (3K - 1 conditioner outputs per value).
-        tail_bound: ``coupling="spline"``: the splines act on ``[-B, B]`` and are the identity outside.
         norm: ``"batchnorm"`` (the paper's), ``"actnorm"`` or ``"none"``.
         couplings: coupling layers on toy2d (masks alternate over the two dimensions).
+        bins: ``coupling="spline"``: bins ``K`` of each spline (3K - 1 conditioner outputs per value).
+        tail_bound: ``coupling="spline"``: the splines act on ``[-B, B]`` and are the identity outside.
         scales: scales of the multi-scale architecture on images (the last one has no squeeze).
         hidden: hidden channels of the image conditioners; None: twice the U-Net preset's base.
         logit_alpha: the logit transform's ``alpha`` (images).

@@ -26,8 +26,9 @@ with ``a = h_k (s_k - d_k) + (y - y_k) D``, ``b = h_k d_k - (y - y_k) D``,
 Every function here runs the same ops on every input, whatever bin or tail it falls in
 (the bin is found by counting knots, the tails chosen by ``torch.where``), so a training
 step always costs the same counted FLOPs: the host's meter charges a step by its ops
-and audits that the cost does not change (docs/integrity.md). Boolean indexing of the
-inside points (the usual way) would make the cost follow the data.
+and audits that the cost does not change (docs/integrity.md). Computing the spline on the
+inside values only (boolean indexing, the usual way) would make the cost follow how many
+values fall in the tails.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _knots(raw: torch.Tensor, bound: float, min_bin: float) -> torch.Tensor:
     knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))  # 0, s_1, s_1 + s_2, ..., ~1
     knots = 2 * bound * knots - bound
     # the ends exactly at -B and B: the cumulative sum's rounding must not open a gap at the tails
-    return torch.cat([torch.full_like(knots[..., :1], -bound), knots[..., 1:-1], torch.full_like(knots[..., :1], bound)], dim=-1)
+    end = torch.full_like(knots[..., :1], bound)
+    return torch.cat([-end, knots[..., 1:-1], end], dim=-1)
 
 
 def _derivatives(raw: torch.Tensor, min_derivative: float) -> torch.Tensor:
@@ -81,8 +83,9 @@ def spline_params(theta: torch.Tensor, bound: float, min_bin: float = MIN_BIN,
 
 def _bin_index(knots: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The bin ``k`` of ``x_k <= v`` (``v`` clamped into ``[-B, B]``): the number of interior
-    knots at or below ``v``. A comparison with every knot (``K`` element ops, charged as such)
-    rather than ``searchsorted``: the same work for ``K = 8``, and no special rule for the meter."""
+    knots at or below ``v``. A comparison with each of the ``K - 1`` knots rather than a binary
+    search (``searchsorted``, about ``log2 K`` comparisons): a few more comparisons at ``K = 8``,
+    each an element operation that the meter charges as what it is, with no rule of its own."""
     return (v.unsqueeze(-1) >= knots[..., 1:-1]).sum(dim=-1, keepdim=True)
 
 
