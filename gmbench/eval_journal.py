@@ -56,7 +56,8 @@ def cell_key(sampler: str, nfe: int) -> str:
 class EvalJournal:
     """The parts of one run's evaluation already done, keyed by ``key``.
 
-    ``model``: ``{"entries": [...], "seconds": s}`` of the model metrics, or None.
+    ``model``: ``{"entries": [...], "seconds": s, "calls": n}`` of the model metrics (``calls``:
+    their network calls, absent from journals written before it was counted), or None.
     ``cells``: per ``cell_key``, ``{"entries": [...], "cost": {...} or None, "sampling_s": s,
     "metrics_s": s}`` (``cost`` None when the sampler failed and the entry carries its error).
     """
@@ -111,10 +112,10 @@ class EvalJournal:
             warnings.warn(f"gmbench: evaluation journal {self.path} not written ({exc}); "
                           "an interrupted evaluation will start over", stacklevel=2)
 
-    def record_model(self, entries: list[dict], seconds: float) -> None:
+    def record_model(self, entries: list[dict], seconds: float, calls: int | None = None) -> None:
         if any(e.get("error") for e in entries):  # cut by the cap, or failed: the next attempt retries
             return
-        self.model = {"entries": entries, "seconds": seconds}
+        self.model = {"entries": entries, "seconds": seconds, "calls": calls}
         self.save()
 
     def record_cell(self, sampler: str, nfe: int, entries: list[dict], cost: dict | None,

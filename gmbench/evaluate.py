@@ -135,7 +135,9 @@ def evaluate(
     estimate) with ``stderr`` for the model's likelihood; ``error`` or
     ``skipped`` replace a value that could not be computed. ``seconds`` is the
     time of the metric's whole group (shared by its outputs). ``profile``, if
-    given, receives the seconds spent per phase. ``journal``
+    given, receives the seconds spent per phase, and in ``likelihood_calls`` the forward
+    calls of the method's networks while the model-level metrics (the likelihood) ran, counted
+    as the sampling NFE is. ``journal``
     (:class:`gmbench.eval_journal.EvalJournal`) keeps each finished part, and gives back the
     parts an interrupted attempt with the same weights finished (their measured seconds
     count towards the cap and the profile).
@@ -172,18 +174,25 @@ def evaluate(
         if done is not None:  # computed by an interrupted attempt with the same weights
             entries += done["entries"]
             profile["likelihood_s"] = float(done["seconds"])
+            if done.get("calls") is not None:  # journals written before the count have none
+                profile["likelihood_calls"] = int(done["calls"])
             bar.advance(len(model_metrics), note="model metrics (resumed)")
         else:
             t0 = time.monotonic()
             model_ctx = replace(ctx, deadline=deadline)
             model_entries: list[dict] = []
-            for metric in model_metrics:
-                model_entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
-                bar.advance(note=metric.name)
+            calls = _ForwardCounter(method)
+            try:
+                for metric in model_metrics:
+                    model_entries += _run_metric(metric, model_ctx, sampler=None, nfe=None, method=method)
+                    bar.advance(note=metric.name)
+            finally:
+                calls.close()
             profile["likelihood_s"] = time.monotonic() - t0
+            profile["likelihood_calls"] = calls.calls
             entries += model_entries
             if journal is not None:
-                journal.record_model(model_entries, profile["likelihood_s"])
+                journal.record_model(model_entries, profile["likelihood_s"], calls.calls)
     finally:
         bar.close()
     return entries, costs

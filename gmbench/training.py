@@ -21,6 +21,7 @@ from gmbench import checkpointing, progress
 from gmbench.budget import Budget, BudgetExceeded, StepMeter
 from gmbench.checkpointing import CheckpointPolicy
 from gmbench.conditioning import check_conditioning
+from gmbench.evaluate import _ForwardCounter
 from gmbench.flops import count_cost
 from gmbench.method import Method, MethodError, OptimizerSpec
 
@@ -48,6 +49,13 @@ class StageReport:
     final_losses: dict = field(default_factory=dict)
     #: quality-versus-compute points taken in this stage (see ``train``'s ``milestones``)
     curve: list = field(default_factory=list)
+    #: forward calls of the method's networks in the stage's steps (``training_step`` and the
+    #: losses it yields, ``on_step_end``; preparation and curve points not included), and those
+    #: made inside ``loss.backward()`` (an adjoint solve, recomputation): totals over the steps,
+    #: counted as the sampling NFE is (``gmbench.evaluate._ForwardCounter``). None: not counted
+    #: (a report from before the counts existed, or resumed from such a checkpoint).
+    network_calls_forward: int | None = None
+    network_calls_backward: int | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -69,10 +77,13 @@ def build_optimizer(method: Method, spec: OptimizerSpec) -> torch.optim.Optimize
 class _Step:
     """Applies the losses of one ``training_step`` to the stage's optimizers."""
 
-    def __init__(self, method: Method, specs: tuple[OptimizerSpec, ...], device: torch.device):
+    def __init__(self, method: Method, specs: tuple[OptimizerSpec, ...], device: torch.device,
+                 calls: _ForwardCounter | None = None):
         self.specs = {s.name: s for s in specs}
         self.optimizers = {s.name: build_optimizer(method, s) for s in specs}
         self.check_every = 1 if device.type == "cpu" else 25  # a NaN check syncs a GPU
+        self.calls = calls
+        self.backward_calls = 0  # network calls made inside loss.backward() (an adjoint solve)
 
     def _set_lr(self, name: str, step: int) -> None:
         spec = self.specs[name]
@@ -89,7 +100,10 @@ class _Step:
         opt = self.optimizers[name]
         self._set_lr(name, step)
         opt.zero_grad(set_to_none=True)
+        before = self.calls.calls if self.calls is not None else 0
         loss.backward(retain_graph=retain_graph)
+        if self.calls is not None:
+            self.backward_calls += self.calls.calls - before
         clip = self.specs[name].grad_clip
         if clip:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
@@ -155,7 +169,23 @@ def train(
     trains with (``method.class_conditional``; :mod:`gmbench.conditioning`): each step passes
     the batch's labels as ``training_step(..., labels=...)``. A stage that replaces the
     training data must keep its rows, so that the labels still belong to them.
+
+    The forward calls of the method's networks in each stage's steps are counted, split into
+    those of the forward phase and those inside ``loss.backward()``
+    (``StageReport.network_calls_forward`` / ``_backward``): hooks that only count, so
+    nothing of the training changes.
     """
+    counters: list[_ForwardCounter] = []  # one per stage, registered after its preparation
+    try:
+        return _train(method, train_x, budget, modality, generator, deadline, checkpoints, clock, milestones,
+                      on_milestone, counters, labels)
+    finally:
+        for counter in counters:
+            counter.close()
+
+
+def _train(method, train_x, budget, modality, generator, deadline, checkpoints, clock, milestones, on_milestone,
+           counters: list[_ForwardCounter], labels: torch.Tensor | None) -> list[StageReport]:
     stages = method.stages()
     shares = sum(s.budget_share for s in stages)
     if not stages or abs(shares - 1.0) > 1e-6:
@@ -192,7 +222,9 @@ def train(
             sidecar, tensors = resumed
             report = reports.pop()
             t0 -= report.seconds
-            apply = _Step(method, stage.optimizers, method.device)
+            calls = _ForwardCounter(method)
+            counters.append(calls)
+            apply = _Step(method, stage.optimizers, method.device, calls)
             for name, opt in apply.optimizers.items():
                 checkpointing.restore_optimizer(opt, name, sidecar, tensors)
             meter = StepMeter.from_state(sidecar["meter"])
@@ -205,7 +237,10 @@ def train(
             report.prepare_flops, report.prepare_seconds = cost.total, clock() - t0
             if new_data is not None:
                 data, data_replaced = new_data.to(method.device), True
-            apply = _Step(method, stage.optimizers, method.device)
+            report.network_calls_forward = report.network_calls_backward = 0
+            calls = _ForwardCounter(method)  # after the preparation: its calls are not the steps'
+            counters.append(calls)
+            apply = _Step(method, stage.optimizers, method.device, calls)
             meter = StepMeter(allowance=report.flops_allowed - report.prepare_flops, seed=audit_seed * 1009 + index)
         n = data.shape[0]
         if labels is not None and n != labels.shape[0]:
@@ -245,9 +280,11 @@ def train(
             given = {} if labels is None else {"labels": labels[idx]}
             step = meter.steps
             counted = meter.total
+            calls_before, backward_before = calls.calls, apply.backward_calls
             with meter.step():
                 losses = apply(method.training_step(stage.name, batch, step, **given), step)
                 method.on_step_end(stage.name, step)
+            _count_calls(report, calls.calls - calls_before, apply.backward_calls - backward_before)
             bar.advance(meter.total - counted, note=f"step {meter.steps}")
             if meter.steps == 1 and meter.total == 0:
                 raise MethodError(
@@ -278,6 +315,7 @@ def train(
                 save(in_stage=True)
                 last_saved = clock()
         bar.close()
+        calls.close()
         if meter.over_budget:
             raise BudgetExceeded(
                 f"stage {stage.name!r} used {meter.total:.4g} FLOPs (audited), more than its allowance "
@@ -304,6 +342,13 @@ def _milestone(method: Method, on_milestone: Callable[[float], dict], fraction: 
             return dict(on_milestone(fraction))
         finally:
             method.train(True)
+
+
+def _count_calls(report: StageReport, step_calls: int, backward_calls: int) -> None:
+    """Add one step's network calls to the stage's totals (kept None where they were not counted)."""
+    if report.network_calls_forward is not None and report.network_calls_backward is not None:
+        report.network_calls_forward += step_calls - backward_calls
+        report.network_calls_backward += backward_calls
 
 
 def _fill(report: StageReport, meter: StepMeter, losses: dict) -> None:
