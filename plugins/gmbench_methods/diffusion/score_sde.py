@@ -156,9 +156,10 @@ class ScoreSDE(Method):
         SamplerInfo("pc", adjustable_nfe=True, deterministic=False, default_nfe=1000, calls_per_step=2.0),
         SamplerInfo("corrector", adjustable_nfe=True, deterministic=False, default_nfe=2000),
         SamplerInfo("ode", adjustable_nfe=True, deterministic=True, default_nfe=1000),
-        # default_nfe only orders it after the fixed-step settings; its counted NFE is recorded
+        # default_nfe only orders it after the fixed-step settings; its counted NFE is recorded.
+        # An instance adds its tolerances (ode_rtol, ode_atol) to the params: the record states them.
         SamplerInfo("ode-adaptive", adjustable_nfe=False, deterministic=True, default_nfe=100, adaptive=True,
-                    params={"method": "dopri5", "rtol": 1e-5, "atol": 1e-5}),
+                    params={"method": "dopri5"}),
     )
     # The class states the toy2d label (an exact trace); an image instance sets "estimate".
     likelihood = "exact"
@@ -220,6 +221,7 @@ class ScoreSDE(Method):
         self.grad_clip = grad_clip
         self.ema_decay = ema_decay or 0.0
         self.rtol, self.atol = float(ode_rtol), float(ode_atol)
+        self.samplers = ode.with_tolerances(type(self).samplers, "ode-adaptive", self.rtol, self.atol)
         self.likelihood_steps = likelihood_steps
         self.likelihood_rtol, self.likelihood_atol = likelihood_rtol, likelihood_atol
         self.trace = "exact" if data.modality == "toy2d" else "hutchinson"

@@ -147,6 +147,7 @@ class FlowMatching(Method):
         self.lr = DEFAULT_LR[data.modality] if lr is None else float(lr)
         self.grad_clip = grad_clip
         self.rtol, self.atol = float(dopri5_rtol), float(dopri5_atol)
+        self.samplers = ode.with_tolerances(type(self).samplers, "dopri5", self.rtol, self.atol)  # recorded
         self.likelihood_steps = likelihood_steps
         self.likelihood_rtol, self.likelihood_atol = likelihood_rtol, likelihood_atol
         # Exact trace is D backward passes per evaluation: cheap for 2-D points, not for images.

@@ -47,6 +47,17 @@ ADAPTIVE = "adaptive"
 DEFAULT_LIKELIHOOD_TOL = 1e-4
 
 
+def with_tolerances(samplers: tuple, name: str, rtol: float, atol: float) -> tuple:
+    """``samplers`` with the adaptive sampler ``name`` stating the tolerances it solves at in its
+    ``params``, which the host records as the run's ``sampler_params``. A method sets the result
+    on the instance (``self.samplers``), which knows its tolerances (``--set``); the class's
+    tuple stays as declared."""
+    from dataclasses import replace
+
+    return tuple(replace(s, params={**s.params, "rtol": float(rtol), "atol": float(atol)}) if s.name == name else s
+                 for s in samplers)
+
+
 def likelihood_solver(method: str, steps, rtol, atol) -> tuple[int | str, float, float]:
     """Check a method's likelihood settings and resolve ``steps="auto"`` to ``"adaptive"``.
 

@@ -310,6 +310,7 @@ class FFJORD(Method):
         self.trace, self.solver, self.train_steps = trace, solver, train_steps
         self.train_rtol, self.train_atol = float(train_rtol), float(train_atol)
         self.rtol, self.atol = float(rtol), float(atol)
+        self.samplers = ode.with_tolerances(type(self).samplers, "dopri5", self.rtol, self.atol)  # recorded
         self.adjoint, self.likelihood_solver = adjoint, likelihood_solver
         self.likelihood = "exact" if trace == "exact" else "estimate"
         self.lr = DEFAULT_LR[data.modality] if lr is None else float(lr)
