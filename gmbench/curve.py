@@ -50,6 +50,20 @@ def curve_setting(method: Method, budget) -> tuple[str, int]:
     return first.name, int(grid[(len(grid) - 1) // 2])
 
 
+def fractions_before_last_stage(method: Method, fractions) -> tuple[list[float], float, str]:
+    """The curve fractions a run of ``method`` reaches before its last stage starts, which the
+    training loop records as skipped (a method is sampled only once its last stage has
+    started), with the fraction of the training FLOPs where that stage starts and its name.
+
+    Known before training from ``stages()``: the earlier stages together spend at most their
+    shares. (A fraction at exactly that start is taken at the last stage's first step.)
+    """
+    stages = method.stages()
+    start = sum(float(s.budget_share) for s in stages[:-1])
+    early = [float(f) for f in fractions if 0 < f < 1 and f < start - 1e-9]
+    return early, start, stages[-1].name if stages else ""
+
+
 def primary_metric_of(metrics: list[Metric], output: str) -> Metric | None:
     """The metric (of those that apply) that produces ``output``."""
     for metric in metrics:

@@ -163,7 +163,8 @@ def train(
     the global RNG state restored afterwards (the run's result does not depend on
     whether a curve was taken), and its wall time extends the deadline. A method
     can only be evaluated once its last stage has started: milestones reached in an
-    earlier stage are recorded as skipped.
+    earlier stage are recorded as skipped (``gmbench run`` says which before training:
+    ``gmbench.cli.checks.check_curves``).
 
     ``labels`` (one per row of ``train_x``) are the class labels a class-conditional method
     trains with (``method.class_conditional``; :mod:`gmbench.conditioning`): each step passes

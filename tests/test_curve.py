@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -113,3 +114,95 @@ def test_milestone_callback_runs_in_eval_mode_and_leaves_training_unchanged():
     assert plain_state.keys() == probed_state.keys()
     for key in plain_state:
         assert torch.equal(plain_state[key], probed_state[key]), key
+
+
+# -- curve points a method cannot give, said before any training ----------------------------
+
+
+def test_the_fractions_before_the_last_stage_are_known_from_the_stages():
+    from gmbench.curve import fractions_before_last_stage
+    from gmbench.data.toy2d import EightGaussians
+    from tests.plugins.fake_methods import GaussianFit, TwoStage
+
+    spec = EightGaussians().spec()
+    # TwoStage's autoencoder stage has a quarter of the budget: 1/8 falls in it, 1/4 is taken
+    # at the latent stage's first step (test_milestones_before_the_last_stage_are_recorded_as_skipped)
+    assert fractions_before_last_stage(TwoStage(spec), (0.125, 0.25, 0.5)) == ([0.125], 0.25, "latent")
+    assert fractions_before_last_stage(GaussianFit(spec), (0.125, 0.25, 0.5)) == ([], 0.0, "fit")
+
+
+def _cli_with(monkeypatch, *budgets):
+    """``gmbench run`` over the fake methods and these in-process budgets (a user's own, not
+    gmbench's), with a runner that records what it was asked to run instead of training."""
+    import gmbench.plugins
+    import gmbench.runner
+    from gmbench.plugins import Registries, make_plugin_manager
+    from tests.plugins.fake_methods import FakePlugin, GaussianFit, TwoStage
+
+    class UserBudgets:
+        @hookimpl
+        def gmbench_register_budgets(self, register):
+            for b in budgets:
+                register(b)
+
+    monkeypatch.setattr(gmbench.plugins, "Registries", lambda: Registries(make_plugin_manager(
+        extra_plugins=(FakePlugin(GaussianFit, TwoStage), UserBudgets()), load_entrypoints=False)))
+    ran = []
+
+    def run_all(matrix, reg, out_dir, **kwargs):
+        ran.extend(matrix.specs)
+        os.makedirs(out_dir, exist_ok=True)  # where the summary table looks for records
+        return []
+
+    monkeypatch.setattr(gmbench.runner, "run_all", run_all)
+
+    def invoke(*args):
+        from click.testing import CliRunner
+
+        from gmbench.cli import main
+
+        return CliRunner().invoke(main, ["run", "--datasets", "8gaussians", *map(str, args)])
+
+    return invoke, ran
+
+
+def test_curve_points_a_method_cannot_give_at_all_are_a_one_line_error_before_any_training(monkeypatch, tmp_path):
+    # the user's budget asks for points at 1/8 and 1/5: both fall in TwoStage's first stage
+    mine = dataclasses.replace(CURVE_BUDGET, name="mine", curve_fractions=(0.125, 0.2))
+    invoke, ran = _cli_with(monkeypatch, mine)
+    out = tmp_path / "results"
+    res = invoke("--plugins", "gaussfit,twostage", "--budget", "mine", "--out", out)
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines() == [
+        "Error: budget 'mine' asks for curve points at 1/8, 1/5 of the training FLOPs, but twostage on 8gaussians "
+        "can give none of them: it is sampled only once its last stage, 'latent', starts at 1/4 of the training "
+        "FLOPs; give the budget curve_fractions of at least 1/4, or leave twostage out of --plugins"]
+    assert ran == [] and not out.exists()  # nothing trained, nothing written
+
+    # without it the same budget runs: gaussfit has one stage and gives every point
+    res = invoke("--plugins", "gaussfit", "--budget", "mine", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert [s.method for s in ran] == ["gaussfit"] and "note" not in res.output
+
+
+def test_curve_points_some_runs_cannot_give_are_noted_once_per_run_and_the_runs_go_ahead(monkeypatch, tmp_path):
+    # a user's budget of which twostage can give 1/2 but not 1/8: the runs go ahead, with a note
+    partly = dataclasses.replace(CURVE_BUDGET, name="partly", curve_fractions=(0.125, 0.5))
+    invoke, ran = _cli_with(monkeypatch, partly)
+    res = invoke("--plugins", "gaussfit,twostage", "--budget", "partly", "--seeds", "2x", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert len(ran) == 4
+    notes = [line for line in res.output.splitlines() if "note" in line]
+    assert notes == ["gmbench: note: twostage on 8gaussians (partly, seeds 0, 1): curve point(s) at 1/8 of the "
+                     "training FLOPs will be recorded as skipped: it is sampled only once its last stage, 'latent', "
+                     "starts at 1/4 of the training FLOPs"]
+
+    # gmbench's own budgets take the suite's default fractions (small: 1/8, 1/4, 1/2) for every
+    # method: a method that cannot give them all is noted, never refused
+    ran.clear()
+    res = invoke("--plugins", "twostage", "--budget", "small", "--out", tmp_path / "small")
+    assert res.exit_code == 0, res.output
+    assert len(ran) == 1
+    assert [line for line in res.output.splitlines() if "note" in line] == [
+        "gmbench: note: twostage on 8gaussians (small, seed 0): curve point(s) at 1/8 of the training FLOPs will be "
+        "recorded as skipped: it is sampled only once its last stage, 'latent', starts at 1/4 of the training FLOPs"]

@@ -205,6 +205,59 @@ def check_construction(reg, specs) -> None:
                                      param_hint="--set") from None
 
 
+def check_curves(reg, specs) -> list[str]:
+    """Curve points the runs cannot give: a method is sampled only once its last stage has
+    started, so a fraction of the budget spent before then is recorded as skipped
+    (``gmbench.curve.fractions_before_last_stage``; each method is built once per dataset,
+    budget and ``--set`` values, on the CPU, to read its stages).
+
+    A budget written outside gmbench (a plugin's, or one registered in-process) states the
+    fractions its user asked for: when a method can give *none* of them, this raises one line
+    saying what to do. With gmbench's own budgets the fractions are the suite's defaults, for
+    every method alike: the runs go ahead, and the returned notes, one line per method,
+    dataset, budget and settings (its seeds named), say which points will be skipped and why.
+    Runs that do not train (``--load``) take no curve.
+    """
+    import torch
+
+    from gmbench.curve import fractions_before_last_stage
+    from gmbench.curve_board import fraction_text
+    from gmbench.data import make_dataset
+    from gmbench.leaderboard import method_label
+
+    groups: dict[tuple, list[int]] = {}
+    for spec in specs:
+        if not spec.load:
+            groups.setdefault((spec.method, spec.dataset, spec.budget, spec.hparams), []).append(spec.seed)
+    notes = []
+    for (method, dataset, budget_name, hparams), seeds in groups.items():
+        budget = reg.budgets.get(budget_name)
+        wanted = [f for f in budget.curve_fractions if 0 < f < 1]
+        if not wanted:
+            continue
+        try:
+            data = make_dataset(reg.datasets, dataset).spec()
+            with torch.random.fork_rng(devices=[]):  # the command's own RNG state stays as it was
+                built = reg.methods.get(method)(data, model_size=budget.model_size, **dict(hparams))
+            early, start, last = fractions_before_last_stage(built, wanted)
+        except Exception:  # noqa: BLE001 - the method's or dataset's own problem: its runs report it
+            continue
+        if not early:
+            continue
+        label = method_label({"method": method, "hparams": dict(hparams)})  # as the summary table names it
+        points = ", ".join(fraction_text(f) for f in early)
+        why = f"it is sampled only once its last stage, {last!r}, starts at {fraction_text(start)} of the training FLOPs"
+        if reg.budgets.origin(budget_name).split(" ")[0] != "gmbench" and len(early) == len(wanted):
+            raise click.ClickException(
+                f"budget {budget_name!r} asks for curve points at {points} of the training FLOPs, but {label} on "
+                f"{dataset} can give none of them: {why}; give the budget curve_fractions of at least "
+                f"{fraction_text(start)}, or leave {method} out of --plugins")
+        runs = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        notes.append(f"gmbench: note: {label} on {dataset} ({budget_name}, {runs}): curve point(s) at {points} of "
+                     f"the training FLOPs will be recorded as skipped: {why}")
+    return notes
+
+
 def _shown(value) -> str:
     import json
 

@@ -90,7 +90,9 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     checks.check_construction(reg, matrix.specs)
     from gmbench.records import finished  # runs already done need no data
 
-    checks.check_hub_datasets_cached(reg, [s for s in matrix.specs if force or not finished(out_dir, s)])
+    to_run = [s for s in matrix.specs if force or not finished(out_dir, s)]
+    checks.check_hub_datasets_cached(reg, to_run)
+    curve_notes = checks.check_curves(reg, to_run)
     matrix.specs = _apply_fid_reference(reg, matrix.specs, fid_reference)
     if memory_cap_mb and device.startswith("cuda"):
         raise click.ClickException("--memory-cap-mb: cannot cap host address space with CUDA (the driver reserves tens of GB "
@@ -116,6 +118,8 @@ def run(plugins, datasets, budget, seeds, out_dir, resume, force, device, online
     at = f"budget {budgets[0]!r}" if len(budgets) == 1 else f"budgets {', '.join(repr(b) for b in budgets)}"
     click.echo(f"gmbench: {len(matrix.specs)} runs at {at} -> {Path(out_dir).resolve()}")
     _say_what_happens_to_existing(matrix.specs, out_dir, resume, force)
+    for note in curve_notes:  # the budget's default curve points that some runs cannot give
+        click.echo(note)
     eta = RunETA()
 
     def progress(spec, rec, i, total):
