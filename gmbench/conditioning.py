@@ -51,7 +51,8 @@ def check_conditioning(method, labels: torch.Tensor | None, n_examples: int) -> 
     k = method.data.num_classes
     if not k or labels is None:
         raise MethodError(f"{method.name}: class-conditional training needs a labelled dataset; "
-                          f"{method.data.name!r} has no labels (turn the method's class conditioning off)")
+                          f"{method.data.name!r} has no labels (an image folder is labelled by class sub-folders; "
+                          "or turn the method's class conditioning off)")
     if labels.shape != (n_examples,) or labels.dtype != torch.long:
         raise MethodError(f"{method.name}: the training labels of {method.data.name!r} must be a long tensor of shape "
                           f"({n_examples},), got {labels.dtype} {tuple(labels.shape)}")

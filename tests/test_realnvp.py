@@ -73,6 +73,8 @@ def test_contract_and_registration():
         ({"coupling": "spline", "bins": 8.0}, "bins must be an integer in"),
         ({"coupling": "spline", "tail_bound": 0.0}, "tail_bound must be a finite number > 0"),
         ({"coupling": "spline", "tail_bound": float("inf")}, "tail_bound must be a finite number > 0"),
+        ({"bins": 16}, "apply to coupling=spline"),  # an affine flow under a spline's label
+        ({"coupling": "additive", "tail_bound": 2.0}, "apply to coupling=spline"),
         ({"couplings": 0}, "couplings must be a positive integer"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"bn_momentum": 0.0}, "bn_momentum must be in"),

@@ -433,7 +433,8 @@ class MAR(Method):
                 raise MethodError("mar: p_uncond and guidance apply to a class-conditional model: add class_cond=true")
             return
         if not data.num_classes:
-            raise MethodError(f"mar: class_cond=true needs a labelled dataset; {data.name!r} has no classes")
+            raise MethodError(f"mar: class_cond=true needs a labelled dataset; {data.name!r} has no classes "
+                              "(an image folder is labelled by class sub-folders)")
         p_uncond = DEFAULT_P_UNCOND if p_uncond is None else p_uncond
         guidance = DEFAULT_GUIDANCE if guidance is None else guidance
         if not 0.0 <= float(p_uncond) < 1.0:

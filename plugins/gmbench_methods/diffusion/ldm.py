@@ -295,7 +295,8 @@ class LDM(Method):
         """Swap in a class-conditional latent U-Net (zero output layer and EMA as ``ddpm``'s) and
         the conditional samplers (module doc)."""
         if not data.num_classes:
-            raise MethodError(f"ldm: class_cond=true needs a labelled dataset; {data.name!r} has no classes")
+            raise MethodError(f"ldm: class_cond=true needs a labelled dataset; {data.name!r} has no classes "
+                              "(an image folder is labelled by class sub-folders)")
         if not 0.0 <= float(p_uncond) < 1.0:
             raise MethodError(f"ldm: p_uncond must be in [0, 1), got {p_uncond!r}")
         if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)

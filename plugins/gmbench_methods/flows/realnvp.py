@@ -105,6 +105,9 @@ from .layers import (
 )
 
 COUPLINGS = ("affine", "additive", "spline")
+# coupling="spline": bins as zuko's NSF; the spline's interval [-B, B] (module doc)
+DEFAULT_BINS = 8
+DEFAULT_TAIL_BOUND = 3.0
 NORMS = ("batchnorm", "actnorm", "none")
 
 
@@ -114,6 +117,7 @@ def _norm_layer(norm: str, channels: int, momentum: float) -> nn.Module | None:
     if norm == "actnorm":
         return ActNorm(channels)
     return None
+
 
 
 def _coupling_layer(coupling: str, mask: torch.Tensor, make_net, channels: int, bins: int,
@@ -272,8 +276,8 @@ class RealNVP(FlowMethod):
         coupling: str = "affine",
         norm: str = "actnorm",
         couplings: int = 4,
-        bins: int = 8,
-        tail_bound: float = 3.0,
+        bins: int | None = None,
+        tail_bound: float | None = None,
         scales: int | None = None,
         hidden: int | None = None,
         logit_alpha: float = 0.05,
@@ -292,6 +296,10 @@ class RealNVP(FlowMethod):
             raise MethodError(f"realnvp: couplings must be a positive integer, not {couplings!r}")
         if not 0.0 < bn_momentum <= 1.0:
             raise MethodError(f"realnvp: bn_momentum must be in (0, 1], not {bn_momentum!r}")
+        if coupling != "spline" and (bins is not None or tail_bound is not None):
+            raise MethodError(f"realnvp: bins and tail_bound apply to coupling=spline, not coupling={coupling}")
+        bins = DEFAULT_BINS if bins is None else bins
+        tail_bound = DEFAULT_TAIL_BOUND if tail_bound is None else tail_bound
         if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 100:
             raise MethodError(f"realnvp: bins must be an integer in [2, 100], not {bins!r}")
         if isinstance(tail_bound, bool) or not isinstance(tail_bound, (int, float)) or not 0 < tail_bound < math.inf:
