@@ -241,6 +241,12 @@ class Method(ABC):
         """
         return None
 
+    def stage_notes(self, stage: str) -> dict:
+        """JSON-able facts about how ``stage`` was prepared, kept in the record's
+        ``train.stages[*].notes`` (asked right after ``on_stage_start``), e.g. how many reflow
+        pairs the stage's allowance paid for. Default: none."""
+        return {}
+
     def on_step_end(self, stage: str, step: int) -> None:
         """Called after every optimizer of a step has stepped (e.g. EMA updates); metered."""
 

@@ -10,6 +10,7 @@ continues bit-identically.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,8 @@ class StageReport:
     #: (a report from before the counts existed, or resumed from such a checkpoint).
     network_calls_forward: int | None = None
     network_calls_backward: int | None = None
+    #: what the method says about the stage's preparation (``Method.stage_notes``)
+    notes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -238,6 +241,7 @@ def _train(method, train_x, budget, modality, generator, deadline, checkpoints, 
             report.prepare_flops, report.prepare_seconds = cost.total, clock() - t0
             if new_data is not None:
                 data, data_replaced = new_data.to(method.device), True
+            report.notes = _stage_notes(method, stage.name)
             report.network_calls_forward = report.network_calls_backward = 0
             calls = _ForwardCounter(method)  # after the preparation: its calls are not the steps'
             counters.append(calls)
@@ -350,6 +354,19 @@ def _count_calls(report: StageReport, step_calls: int, backward_calls: int) -> N
     if report.network_calls_forward is not None and report.network_calls_backward is not None:
         report.network_calls_forward += step_calls - backward_calls
         report.network_calls_backward += backward_calls
+
+
+def _stage_notes(method: Method, stage: str) -> dict:
+    """``method.stage_notes(stage)``, checked to be a JSON-able dict (it goes into the record)."""
+    notes = method.stage_notes(stage)
+    try:
+        if not isinstance(notes, dict):
+            raise TypeError(f"a {type(notes).__name__}")
+        return json.loads(json.dumps(notes, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        what = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MethodError(f"stage_notes({stage!r}) of {method.name!r} must return a JSON-able dict "
+                          f"(numbers, strings, lists, dicts), not {what}") from None
 
 
 def _fill(report: StageReport, meter: StepMeter, losses: dict) -> None:

@@ -425,6 +425,7 @@ def test_step_estimate_matches_the_steps_the_host_takes(dataset):
     (report,) = train(method, ds.split("train").x, budget, modality, gen(0))
     K = method.schedule_steps["consistency"]
     assert abs(K - report.steps) <= 1, (K, report.steps, method.step_estimate)
+    assert report.notes == method.step_estimate and report.notes["steps"] == K  # kept in the record
     charged = (report.flops - report.prepare_flops) / report.steps
     assert abs(charged / method.step_estimate["flops_per_step"] - 1) < 0.01, (charged, method.step_estimate)
 

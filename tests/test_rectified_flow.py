@@ -138,6 +138,8 @@ def test_host_training_keeps_the_preparation_inside_its_allowance():
     assert (flow.name, reflow.name) == ("flow", "reflow") and reflow.steps >= 1
     assert 0 < reflow.prepare_flops <= 0.3 * reflow.flops_allowed
     assert reflow.flops <= reflow.flops_allowed and m.pair_report["pairs"] > 100
+    # the record keeps the pair count (train.stages[*].notes)
+    assert reflow.notes == m.pair_report and flow.notes == {}
 
 
 # ------------------------------------------------------------------ samplers and straightness

@@ -92,3 +92,31 @@ def test_unknown_optimizer_in_step_is_a_contract_error():
 def test_count_flops_counts_a_matmul():
     _, flops = count_flops(torch.mm, torch.randn(3, 5), torch.randn(5, 7))
     assert flops == 2 * 3 * 5 * 7
+
+
+class NotedTwoStage(TwoStage):
+    """Says how its latent stage was prepared (``Method.stage_notes``)."""
+
+    notes_to_give: object = None
+
+    def stage_notes(self, stage):
+        return self.notes_to_give if stage == "latent" else {}
+
+
+def test_stage_notes_are_kept_in_the_stage_report():
+    class Noted(NotedTwoStage):
+        notes_to_give = {"pairs": 20000, "flops_per_pair": 4.0, "source": "encoder"}
+
+    _, (ae, latent) = _train(Noted)
+    assert ae.notes == {} and latent.notes == {"pairs": 20000, "flops_per_pair": 4.0, "source": "encoder"}
+    assert latent.to_dict()["notes"] == latent.notes
+
+
+@pytest.mark.parametrize("bad", [{"x": torch.tensor(1.0)}, [1, 2], "pairs"])
+def test_stage_notes_that_are_not_a_json_dict_fail_in_one_line(bad):
+    class Noted(NotedTwoStage):
+        notes_to_give = bad
+
+    with pytest.raises(MethodError, match="must return a JSON-able dict") as err:
+        _train(Noted)
+    assert "\n" not in str(err.value)

@@ -460,6 +460,10 @@ class ConsistencyModel(Method):
             self.schedule_steps[stage] = self.estimate_steps(stage, train_x)
         return None
 
+    def stage_notes(self, stage: str) -> dict:
+        """The consistency stage's step estimate ``K`` (its N(k) and mu(k) schedules run over it)."""
+        return dict(self.step_estimate) if stage == "consistency" and self.step_estimate else {}
+
     def estimate_steps(self, stage: str, train_x: torch.Tensor) -> int:
         """``K``: the steps the stage's allowance pays for, from one counted forward and backward
         of the loss at the budget's batch size plus ``ADAM_EMA_OPS_PER_PARAM`` per parameter."""

@@ -204,6 +204,10 @@ class RectifiedFlow(Method):
         self.pair_report = {"pairs": made, "flops": spent, "allowance": allowance, "flops_per_pair": per_pair}
         return torch.cat(parts)
 
+    def stage_notes(self, stage: str) -> dict:
+        """The reflow stage's pairs: how many its allowance paid for, and their FLOPs."""
+        return dict(self.pair_report) if stage == "reflow" else {}
+
     # -- sampling ---------------------------------------------------------------------------
 
     def velocity(self, x: torch.Tensor, t) -> torch.Tensor:
