@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+import math
+
 from gmbench.errors import MethodError
 
 
@@ -40,6 +42,30 @@ def draw_samples(method, n: int, sampler: str, nfe: int, generator: torch.Genera
                           "has no classes (turn the method's class conditioning off)")
     classes = evaluation_classes(method.data.num_classes, n, generator)
     return method.sample(n, sampler, nfe, generator, classes=classes)
+
+
+def guidance_options(name: str, data, class_cond, p_uncond, guidance, default_p_uncond: float,
+                     default_guidance: float) -> tuple[float, float] | None:
+    """A method's class-conditioning parameters, checked: ``None`` when ``class_cond`` is off
+    (and then ``p_uncond``/``guidance`` must be unset), else ``(p_uncond, guidance)`` with the
+    method's defaults filled in. Each problem is a one-line MethodError naming ``name``."""
+    if not isinstance(class_cond, bool):
+        raise MethodError(f"{name}: class_cond must be true or false, not {class_cond!r}")
+    if not class_cond:
+        if p_uncond is not None or guidance is not None:
+            raise MethodError(f"{name}: p_uncond and guidance apply to a class-conditional model: add class_cond=true")
+        return None
+    if not data.num_classes:
+        raise MethodError(f"{name}: class_cond=true needs a labelled dataset; {data.name!r} has no classes "
+                          "(an image folder is labelled by class sub-folders)")
+    p_uncond = default_p_uncond if p_uncond is None else p_uncond
+    guidance = default_guidance if guidance is None else guidance
+    if not 0.0 <= float(p_uncond) < 1.0:
+        raise MethodError(f"{name}: p_uncond must be in [0, 1), got {p_uncond!r}")
+    if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+            and guidance >= 0):
+        raise MethodError(f"{name}: guidance must be a finite number >= 0, got {guidance!r}")
+    return float(p_uncond), float(guidance)
 
 
 def check_conditioning(method, labels: torch.Tensor | None, n_examples: int) -> None:

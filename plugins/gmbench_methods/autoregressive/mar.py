@@ -104,6 +104,7 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.backbones import Transformer, size_config
+from gmbench.conditioning import guidance_options
 from gmbench.data.base import DataSpec
 from gmbench.ema import ema_update
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
@@ -426,24 +427,11 @@ class MAR(Method):
 
     def _set_conditioning(self, data: DataSpec, class_cond, p_uncond, guidance) -> None:
         """Check and keep the class-conditioning options (module doc)."""
-        if not isinstance(class_cond, bool):
-            raise MethodError(f"mar: class_cond must be true or false, not {class_cond!r}")
-        if not class_cond:
-            if p_uncond is not None or guidance is not None:
-                raise MethodError("mar: p_uncond and guidance apply to a class-conditional model: add class_cond=true")
-            return
-        if not data.num_classes:
-            raise MethodError(f"mar: class_cond=true needs a labelled dataset; {data.name!r} has no classes "
-                              "(an image folder is labelled by class sub-folders)")
-        p_uncond = DEFAULT_P_UNCOND if p_uncond is None else p_uncond
-        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
-        if not 0.0 <= float(p_uncond) < 1.0:
-            raise MethodError(f"mar: p_uncond must be in [0, 1), got {p_uncond!r}")
-        if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
-                and guidance >= 0):
-            raise MethodError(f"mar: guidance must be a finite number >= 0, got {guidance!r}")
-        self.class_conditional, self.p_uncond, self.guidance = True, float(p_uncond), float(guidance)
-        self.null_class = data.num_classes
+        options = guidance_options("mar", data, class_cond, p_uncond, guidance, DEFAULT_P_UNCOND, DEFAULT_GUIDANCE)
+        if options is not None:
+            self.class_conditional = True
+            self.p_uncond, self.guidance = options
+            self.null_class = data.num_classes
 
     # -- networks ---------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.backbones import UNet, size_config
+from gmbench.conditioning import guidance_options
 from gmbench.data.base import DataSpec
 from gmbench.method import Method, MethodError, OptimizerSpec, SamplerInfo, Stage, backbone_label
 
@@ -280,35 +281,23 @@ class LDM(Method):
         self.diffusion = DDPM(latent_spec, model_size, T=T, lr=lr, ema_decay=ema_decay, clip_denoised=False)
         self.diffusion.schedule = ldm_linear_schedule(T, float(beta_start), float(beta_end))
         self.T = T
-        if not isinstance(class_cond, bool):
-            raise MethodError(f"ldm: class_cond must be true or false, not {class_cond!r}")
-        if class_cond:
-            self._make_conditional(data, model_size, DEFAULT_P_UNCOND if p_uncond is None else p_uncond,
-                                   DEFAULT_GUIDANCE if guidance is None else guidance)
-        elif p_uncond is not None or guidance is not None:
-            raise MethodError("ldm: p_uncond and guidance apply to a class-conditional model: add class_cond=true")
+        options = guidance_options("ldm", data, class_cond, p_uncond, guidance, DEFAULT_P_UNCOND, DEFAULT_GUIDANCE)
+        if options is not None:
+            self._make_conditional(data, model_size, *options)
         self.latent_scale = LatentScale()
         #: what the last on_stage_start("latent") did: images encoded, sigma_hat, scale
         self.scale_report: dict = {}
 
     def _make_conditional(self, data: DataSpec, model_size: str, p_uncond: float, guidance: float) -> None:
         """Swap in a class-conditional latent U-Net (zero output layer and EMA as ``ddpm``'s) and
-        the conditional samplers (module doc)."""
-        if not data.num_classes:
-            raise MethodError(f"ldm: class_cond=true needs a labelled dataset; {data.name!r} has no classes "
-                              "(an image folder is labelled by class sub-folders)")
-        if not 0.0 <= float(p_uncond) < 1.0:
-            raise MethodError(f"ldm: p_uncond must be in [0, 1), got {p_uncond!r}")
-        if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
-                and guidance >= 0):
-            raise MethodError(f"ldm: guidance must be a finite number >= 0, got {guidance!r}")
+        the conditional samplers (module doc); the options are checked (``guidance_options``)."""
         d = self.diffusion
         d.net = UNet(self.latent_channels, self.latent_channels, self.latent_shape[1:], size=model_size,
                      num_classes=data.num_classes)
         nn.init.zeros_(d.net.out.weight)
         nn.init.zeros_(d.net.out.bias)
         d.ema = copy.deepcopy(d.net).requires_grad_(False) if d.ema is not None else None
-        self.class_conditional, self.p_uncond, self.guidance = True, float(p_uncond), float(guidance)
+        self.class_conditional, self.p_uncond, self.guidance = True, p_uncond, guidance
         self.null_class = data.num_classes
         self.samplers = (
             SamplerInfo("ddim", adjustable_nfe=True, deterministic=True, default_nfe=50,
