@@ -328,6 +328,9 @@ def _train(method, train_x, budget, modality, generator, deadline, checkpoints, 
             )
         report.stopped = stopped
         report.seconds = clock() - t0
+        # asked again now the steps are done, for facts that accumulate over them (e.g. the
+        # wall time of work the FLOP meter cannot see); keys given at the start and not now stay
+        report.notes = {**report.notes, **_stage_notes(method, stage.name)}
         _fill(report, meter, losses)
         if checkpoints is not None:
             save(in_stage=bool(stopped))

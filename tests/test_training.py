@@ -112,6 +112,18 @@ def test_stage_notes_are_kept_in_the_stage_report():
     assert latent.to_dict()["notes"] == latent.notes
 
 
+def test_stage_notes_are_asked_again_when_the_steps_end():
+    """Facts that accumulate over the steps (CPU work the meter cannot see) reach the record;
+    keys given at the start and not at the end stay."""
+
+    class Timed(GaussianFit):
+        def stage_notes(self, stage):
+            return {"source": "prepared"} if not self.steps_seen else {"steps_timed": len(self.steps_seen)}
+
+    _, (report,) = _train(Timed)
+    assert report.notes == {"source": "prepared", "steps_timed": report.steps} and report.steps > 1
+
+
 @pytest.mark.parametrize("bad", [{"x": torch.tensor(1.0)}, [1, 2], "pairs"])
 def test_stage_notes_that_are_not_a_json_dict_fail_in_one_line(bad):
     class Noted(NotedTwoStage):
