@@ -30,6 +30,14 @@ fingerprint as a method's run on that dataset and budget, and returns a record
 with ``source: "reference"``, ``method: "floor"`` and one entry per metric
 output with ``sampler`` and ``nfe`` None (nothing was sampled) and ``split``
 "test". Boards show such records as unranked floor rows (gmbench.leaderboard).
+
+Where the floor is the true distribution (toy 2-D sets, the synthetic language) gmbench knows
+its density exactly, so the record also carries the likelihood metric's outputs for the
+:class:`TrueDensity` scored through the same metric code as a method, on the same test
+examples: ``test_nll`` (toy2d, nats) or ``test_bpc`` (text), labelled ``exact``. That is the
+best test likelihood any model can expect (its expected excess is a KL divergence, >= 0), so
+boards show how far each likelihood is from it and claims can say a flow "approaches the true
+entropy" (``tie`` with the floor's cell).
 """
 
 from __future__ import annotations
@@ -52,6 +60,20 @@ FLOOR_METHOD = "floor"
 FLOOR_STREAM = 0xF100  # tags the floor's seed stream (see the module docstring)
 TRUE_DISTRIBUTION = "noise floor: true distribution"
 TRAIN_VS_TEST = "noise floor: train vs test"
+
+
+class TrueDensity:
+    """The dataset's own law standing in for a method, for the likelihood metric: ``exact``
+    log-densities from ``dataset.log_prob`` (no parameters, no sampling)."""
+
+    name = "true density"
+    likelihood = "exact"
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.dataset.log_prob(x.cpu()).to(x.device)
 
 
 class FloorError(RecordError):
@@ -112,6 +134,11 @@ def floor_record(reg, dataset_name: str, budget_name: str, seed: int, device: st
     entries = []
     for metric in (m for m in metrics if m.kind == "samples"):
         entries += [dict(e, split="test") for e in _run_metric(metric, ctx, sampler=None, nfe=None, samples=samples)]
+    if kind == TRUE_DISTRIBUTION:  # the density is known exactly: score it like a method's likelihood
+        truth = TrueDensity(dataset)
+        for metric in (m for m in metrics if m.kind == "model" and m.likelihood_values):
+            entries += [dict(e, split="test") for e in _run_metric(metric, ctx, sampler=None, nfe=None, method=truth)]
+        record["likelihood"] = "exact"
     ok = [e for e in entries if e.get("error") is None and e.get("value") is not None]
     record.update(
         status="ok" if ok else "failed",

@@ -747,7 +747,9 @@ def _table_row(r: dict, rank: str, method: str, status: str) -> dict:
         "metric": fmt_ci(r["mean"], r["ci"], r["n"]),
         "seeds ok": f"{r['seeds_ok']}/{r['seeds']}",
         "sampler @ NFE": _setting_cell(r),
-        "likelihood": "—" if r.get("floor") else _likelihood_cell(r["likelihood"], r.get("likelihood_declared", ())),
+        # a true-distribution floor knows its exact test likelihood (gmbench.floor); a train-vs-test one has none
+        "likelihood": (("—" if r["likelihood"] is None else _likelihood_cell(r["likelihood"])) if r.get("floor")
+                       else _likelihood_cell(r["likelihood"], r.get("likelihood_declared", ()))),
         "chosen on": "—" if r.get("floor") else r["chosen_on"] or "—",
         "vs group lead": md_escape(r["vs_lead"]) if r["vs_lead"] else "—",
         "copies": _copies_cell(r["copies"], flag_it=not r.get("floor")),
@@ -805,7 +807,10 @@ def _caption(board: Board) -> list[str]:
                    "distribution, or a subset of the train split (train vs test) where the distribution is unknown — "
                    "and are not ranked: a method within the floor's interval is as good as this metric can tell. "
                    "Where a metric's own reference is the train split (FID by default), the train-split row is the "
-                   "memorisation point rather than a floor.")
+                   "memorisation point rather than a floor."
+                   + (" A true-distribution row's likelihood is the data's own exact density on the same test "
+                      "examples: the best test likelihood any model can expect."
+                      if any(f["likelihood"] is not None for f in board.floors) else ""))
     return out
 
 

@@ -33,6 +33,26 @@ def test_floor_of_8gaussians_scores_swd_near_the_known_floor(reg):
     assert values["off_support"] == 0.0 and values["mode_coverage"] == 1.0
 
 
+def test_a_true_distribution_floor_carries_the_exact_test_likelihood_and_train_vs_test_none(reg):
+    """The density is known on toy2d and synthlang: the floor's likelihood is the data's own, on the
+    very test examples the likelihood metric scores a method on (its first max_examples)."""
+    from gmbench.data import make_dataset
+    from gmbench.metrics.likelihood import HeldOutLikelihood
+
+    toy = floor_record(reg, "8gaussians", "smoke", 0)
+    test = make_dataset(reg.datasets, "8gaussians").split("test").x[: HeldOutLikelihood.max_examples]
+    truth = -float(make_dataset(reg.datasets, "8gaussians").log_prob(test).double().mean())
+    nll = {e["name"]: e for e in toy["metrics"]}["test_nll"]
+    assert toy["likelihood"] == "exact" and (nll["label"], nll["split"], nll["metric"]) == ("exact", "test", "likelihood")
+    assert nll["value"] == pytest.approx(truth, abs=1e-6) and 3.3 < truth < 3.7  # log 8 + 1 + log(2 pi 0.25) = 3.53
+    assert floor_record(reg, "8gaussians", "smoke", 1)["metrics"][-1]["value"] == nll["value"]  # fixed test points
+    text = {e["name"]: e for e in floor_record(reg, "synthlang", "smoke", 0)["metrics"]}
+    assert text["test_bpc_gap"]["value"] == 0.0 and text["test_bpc"]["label"] == "exact"
+    assert text["entropy_rate_gap_bpc"]["value"] > 0  # short windows cost a little more than the rate
+    image = floor_record(reg, "digits", "smoke", 0)
+    assert image["likelihood"] == "none" and not [e for e in image["metrics"] if e["metric"] == "likelihood"]
+
+
 def test_floor_samples_are_fresh_seeded_draws_or_a_train_subset(reg):
     from gmbench.data import make_dataset
 
@@ -73,6 +93,9 @@ def test_board_shows_the_floor_unranked_beside_real_runs(tmp_path):
     rows = [cells(r) for r in table_rows(page, "#")[2:]]
     assert [(r[0], r[1]) for r in rows] == [("—", TRUE_DISTRIBUTION), ("1", "gaussfit")]
     assert rows[0][2].endswith("(n=2)") and rows[0][-1] == "reference (unranked)"
+    header = cells(table_rows(page, "#")[0])
+    assert rows[0][header.index("likelihood")].endswith("test\\_nll, exact")  # the true density's own
+    assert "best test likelihood any model can expect" in page
     assert "Noise-floor rows score real data exactly like a method's samples" in page
     assert "| gaussfit" in (tmp_path / "lb" / "index.md").read_text()  # the leader is the method, never the floor
 

@@ -60,7 +60,8 @@ def test_contract_and_registration():
     glow_module.gmbench_register_claims(claims.append)
     assert {(c.a.method, c.b.method, c.metric) for c in claims} == {
         ("glow", "realnvp", "test_nll"), ("glow", "realnvp", "test_bpd"),
-        ("glow", "glow[coupling=additive]", "test_nll"), ("glow", "glow[coupling=additive]", "test_bpd")}
+        ("glow", "glow[coupling=additive]", "test_nll"), ("glow", "glow[coupling=additive]", "test_bpd"),
+        ("glow", "floor[reference]", "test_nll")}
 
 
 @pytest.mark.parametrize(

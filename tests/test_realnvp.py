@@ -61,7 +61,37 @@ def test_contract_and_registration():
     claims = []
     realnvp_module.gmbench_register_claims(claims.append)
     assert {(c.a.method, c.b.method, c.metric) for c in claims} == {
-        ("realnvp", "realnvp[coupling=additive]", "test_nll"), ("realnvp", "realnvp[coupling=additive]", "test_bpd")}
+        ("realnvp", "realnvp[coupling=additive]", "test_nll"), ("realnvp", "realnvp[coupling=additive]", "test_bpd"),
+        ("realnvp", "floor[reference]", "test_nll"), ("realnvp[coupling=spline]", "floor[reference]", "test_nll")}
+
+
+def test_approaching_the_true_nll_is_a_tie_with_the_true_distribution_floor():
+    """Issue 11: the flows' exact test NLL approaches the entropy on toy2d. The floor record carries
+    the true density's test_nll (gmbench.floor); the claim holds within 0.05 nats and fails beyond."""
+    from gmbench.claims import check_claims
+    from gmbench.floor import floor_record
+    from gmbench.leaderboard import method_label
+    from gmbench.plugins import Registries
+    from tests.test_claims import record
+
+    claims = []
+    realnvp_module.gmbench_register_claims(claims.append)
+    (claim,) = [c for c in claims if c.name == "realnvp-approaches-true-nll-toy2d"]
+    floors = [floor_record(Registries(), "8gaussians", "smoke", s) for s in (0, 1, 2)]
+    assert {method_label(f) for f in floors} == {claim.b.method}  # the cell names the floor's real label
+    truth = floors[0]["metrics"][-1]["value"]
+    for f in floors:
+        f["fingerprint"] = "fp0"
+
+    def verdict(gaps):
+        runs = [record("realnvp", s, {("test_nll", None, None): truth + g}, dataset="8gaussians", modality="toy2d",
+                       budget="smoke")
+                for s, g in enumerate(gaps)]
+        (res,) = check_claims([claim], runs + floors, {"test_nll": "lower"})
+        return res.verdict
+
+    assert verdict([0.01, 0.02, 0.015]) == "holds"
+    assert verdict([0.38, 0.41, 0.36]) == "fails"  # the published affine flow at `small`: +0.39 nats
 
 
 @pytest.mark.parametrize(

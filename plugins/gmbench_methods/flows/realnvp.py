@@ -356,3 +356,28 @@ def gmbench_register_claims(register):
             a=Cell("realnvp"), b=Cell("realnvp[coupling=additive]"), paper="1807.03039", table="Glow Fig. 3",
             statement=f"affine coupling (RealNVP) gives lower exact {metric} than additive coupling (NICE) in the same flow",
         ))
+    register_approaches_true_nll(register, "realnvp")
+    register_approaches_true_nll(register, "realnvp[coupling=spline]")
+
+
+#: how close (nats) a flow's exact test NLL must come to the true density's on the same test
+#: points to "approach the entropy": issue 11's parity criterion (docs/parity_flows.md)
+ENTROPY_TOLERANCE_NATS = 0.05
+
+
+def register_approaches_true_nll(register, label: str) -> None:
+    """Exact maximum likelihood drives the expected test NLL down to the data's entropy (the
+    excess is KL(p || p_model) >= 0; RealNVP arXiv 1605.08803 section 2): on a toy2d set,
+    whose density gmbench knows, ``label``'s exact test NLL is within
+    :data:`ENTROPY_TOLERANCE_NATS` of the true density's on the same test points (the
+    true-distribution floor record's ``test_nll``, gmbench.floor)."""
+    from gmbench.claims import Cell, PaperClaim
+
+    name = label.replace("[coupling=", "-").replace("]", "")
+    register(PaperClaim(
+        name=f"{name}-approaches-true-nll-toy2d", relation="tie", metric="test_nll", dataset="modality:toy2d",
+        a=Cell(label), b=Cell("floor[reference]"), tolerance=ENTROPY_TOLERANCE_NATS,
+        paper="1605.08803", table="RealNVP section 2 (exact maximum likelihood)",
+        statement=f"{label}'s exact test NLL is within {ENTROPY_TOLERANCE_NATS:g} nats of the true density's "
+                  "on the same test points (the noise floor's test_nll)",
+    ))
