@@ -362,6 +362,27 @@ def test_minibatch_ot_pairing_time_does_not_include_importing_scipy():
 
 
 
+def test_minibatch_ot_pairing_is_timed_from_a_drained_device_queue(monkeypatch):
+    """On a GPU the pairing's copy to the CPU waits for the previous step's queued backward and update;
+    the timer starts only once the device's queue is drained, so that wait is not pairing time."""
+    from gmbench_methods.flow_matching import flow_matching as fm
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(torch.device(device).type))
+    fm.drain(torch.device("cuda", 0))
+    fm.drain(torch.device("cpu"))  # nothing queued on a CPU
+    assert synced == ["cuda"]
+
+    events = []
+    monkeypatch.setattr(fm, "drain", lambda device: events.append("drain"))
+    real = fm.time.perf_counter
+    monkeypatch.setattr(fm, "time", type("T", (), {"perf_counter": staticmethod(lambda: events.append("clock") or real())}))
+    method = FlowMatching(EightGaussians().spec(), model_size="tiny", coupling="minibatch_ot")
+    method.training_step("flow", EightGaussians().split("train").x[:16], 0)
+    assert events == ["drain", "clock", "clock"] and method.ot_pairings == 1
+
+
+
 # ------------------------------------------------------------------ errors and registration
 
 
