@@ -383,6 +383,44 @@ def test_minibatch_ot_pairing_is_timed_from_a_drained_device_queue(monkeypatch):
 
 
 
+def test_minibatch_ot_totals_resumed_from_a_checkpoint_without_them_are_unknown(tmp_path):
+    """A checkpoint written before the totals were kept: the resumed stage's pairing time is unknown
+    (None), never the resumed part's passed off as the whole stage's."""
+    import json
+    from dataclasses import replace
+
+    from gmbench.checkpointing import CheckpointPolicy
+
+    tiny = replace(SMOKE, train_flops={"toy2d": 2e9})
+    ds = EightGaussians()
+    clock = type("Clock", (), {"now": 0.0, "__call__": lambda self: self.now})()
+
+    class StopsAtStep3(FlowMatching):
+        def training_step(self, stage, batch, step):
+            if step == 3:
+                clock.now = 1e9
+            return super().training_step(stage, batch, step)
+
+    folder = tmp_path / "ckpt"
+
+    def build(cls):
+        torch.manual_seed(0)
+        return cls(ds.spec(), model_size="tiny", coupling="minibatch_ot")
+
+    (cut,) = train(build(StopsAtStep3), ds.split("train").x, tiny, "toy2d", gen(0),
+                   checkpoints=CheckpointPolicy(folder, every_s=1e9), clock=clock, deadline=1.0)
+    assert cut.stopped and cut.notes["ot_pairings"] == cut.steps == 4
+    sidecar = json.loads((folder / "state.json").read_text())
+    assert sidecar["method_state"]["ot_pairings"] == 4
+    sidecar["method_state"] = {}  # as the code before the totals wrote it
+    (folder / "state.json").write_text(json.dumps(sidecar))
+    (old,) = train(build(FlowMatching), ds.split("train").x, tiny, "toy2d", gen(0),
+                   checkpoints=CheckpointPolicy(folder, every_s=1e9, resume=True))
+    assert old.steps > 4 and not old.stopped
+    assert old.notes == {"ot_pairing_s": None, "ot_pairings": None}
+
+
+
 # ------------------------------------------------------------------ errors and registration
 
 

@@ -221,8 +221,9 @@ class FlowMatching(Method):
             drain(x1.device)
             start = time.perf_counter()
             x0 = ode.minibatch_ot_pairing(x0, x1)
-            self.ot_pairing_s += time.perf_counter() - start
-            self.ot_pairings += 1
+            if self.ot_pairings is not None:  # None: resumed from a checkpoint that did not carry the totals
+                self.ot_pairing_s += time.perf_counter() - start
+                self.ot_pairings += 1
         t = torch.rand(x1.shape[0], device=x1.device) * self.t_end
         xt, ut = self.conditional_path(x0, x1, t)
         return {"adam": (self.net(xt, t) - ut).pow(2).mean()}
@@ -232,14 +233,20 @@ class FlowMatching(Method):
         stage's end, so the totals cover every step)."""
         if self.coupling != "minibatch_ot":
             return {}
+        if self.ot_pairings is None:  # the steps before the resume were not timed: unknown, not a part
+            return {"ot_pairing_s": None, "ot_pairings": None}
         return {"ot_pairing_s": round(self.ot_pairing_s, 6), "ot_pairings": self.ot_pairings}
 
     def training_state(self) -> dict:
         return {"ot_pairing_s": self.ot_pairing_s, "ot_pairings": self.ot_pairings}
 
     def load_training_state(self, state: dict) -> None:
-        self.ot_pairing_s = float(state.get("ot_pairing_s", 0.0))
-        self.ot_pairings = int(state.get("ot_pairings", 0))
+        # a checkpoint written before the totals were kept does not have them: the resumed stage's
+        # totals are then unknown (None), never the resumed part passed off as the whole
+        if state.get("ot_pairings") is None or state.get("ot_pairing_s") is None:
+            self.ot_pairing_s, self.ot_pairings = None, None
+        else:
+            self.ot_pairing_s, self.ot_pairings = float(state["ot_pairing_s"]), int(state["ot_pairings"])
 
     # -- sampling --------------------------------------------------------------------------
 
