@@ -32,7 +32,8 @@ output with ``sampler`` and ``nfe`` None (nothing was sampled) and ``split``
 "test". Boards show such records as unranked floor rows (gmbench.leaderboard).
 
 Where the floor is the true distribution (toy 2-D sets, the synthetic language) gmbench knows
-its density exactly, so the record also carries the likelihood metric's outputs for the
+its density exactly (``dataset.log_prob``; a toy set that can only be sampled gets none), so the
+record also carries the likelihood metric's outputs for the
 :class:`TrueDensity` scored through the same metric code as a method, on the same test
 examples: ``test_nll`` (toy2d, nats) or ``test_bpc`` (text), labelled ``exact``. That is the
 best test likelihood any model can expect (its expected excess is a KL divergence, >= 0), so
@@ -74,6 +75,12 @@ class TrueDensity:
 
     def log_likelihood(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.dataset.log_prob(x.cpu()).to(x.device)
+
+
+def knows_density(dataset: Dataset) -> bool:
+    """Whether ``dataset.log_prob`` gives its exact density (a toy2d set that can only be sampled,
+    e.g. a plugin's ``Toy2D`` without ``log_prob``, has a true-distribution floor but no likelihood)."""
+    return dataset.log_prob(dataset.split("test").x[:1]) is not None
 
 
 class FloorError(RecordError):
@@ -134,7 +141,7 @@ def floor_record(reg, dataset_name: str, budget_name: str, seed: int, device: st
     entries = []
     for metric in (m for m in metrics if m.kind == "samples"):
         entries += [dict(e, split="test") for e in _run_metric(metric, ctx, sampler=None, nfe=None, samples=samples)]
-    if kind == TRUE_DISTRIBUTION:  # the density is known exactly: score it like a method's likelihood
+    if kind == TRUE_DISTRIBUTION and knows_density(dataset):  # score it like a method's likelihood
         truth = TrueDensity(dataset)
         for metric in (m for m in metrics if m.kind == "model" and m.likelihood_values):
             entries += [dict(e, split="test") for e in _run_metric(metric, ctx, sampler=None, nfe=None, method=truth)]

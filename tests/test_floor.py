@@ -53,6 +53,30 @@ def test_a_true_distribution_floor_carries_the_exact_test_likelihood_and_train_v
     assert image["likelihood"] == "none" and not [e for e in image["metrics"] if e["metric"] == "likelihood"]
 
 
+def test_a_toy_set_that_can_only_be_sampled_has_a_floor_without_a_likelihood():
+    """A Toy2D subclass without log_prob (a plugin's) is still a true-distribution floor, but its density is
+    unknown: no likelihood entry (not an AttributeError in the record), likelihood 'none'."""
+    from gmbench import hookimpl
+    from gmbench.data.toy2d import Toy2D
+    from gmbench.plugins import Registries, make_plugin_manager
+
+    class Blob(Toy2D):
+        name = "blob-sampled"
+
+        def sample(self, n, generator):
+            return torch.randn(n, 2, generator=generator)
+
+    class BlobPlugin:
+        @hookimpl
+        def gmbench_register_datasets(self, register):
+            register(Blob)
+
+    rec = floor_record(Registries(make_plugin_manager(extra_plugins=(BlobPlugin(),), load_entrypoints=False)),
+                       "blob-sampled", "smoke", 0)
+    assert rec["status"] == "ok" and rec["reference"]["label"] == TRUE_DISTRIBUTION
+    assert rec["likelihood"] == "none" and not [e for e in rec["metrics"] if e["metric"] == "likelihood"]
+
+
 def test_floor_samples_are_fresh_seeded_draws_or_a_train_subset(reg):
     from gmbench.data import make_dataset
 
