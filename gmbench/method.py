@@ -242,11 +242,18 @@ class Method(ABC):
         return None
 
     def stage_notes(self, stage: str) -> dict:
-        """JSON-able facts about ``stage``, kept in the record's ``train.stages[*].notes``: asked
-        right after ``on_stage_start`` (e.g. how many reflow pairs the stage's allowance paid
-        for) and again when its steps end, whose keys update the first answer's (e.g. the wall
-        time of CPU work the FLOP meter cannot see, summed over the steps; keep such totals in
-        :meth:`training_state` so a resumed run carries them). Default: none."""
+        """JSON-able facts about how ``stage`` was prepared, kept in the record's
+        ``train.stages[*].notes`` (asked right after ``on_stage_start``; a resumed stage keeps
+        the answer its first process gave), e.g. how many reflow pairs the stage's allowance
+        paid for. Default: none."""
+        return {}
+
+    def stage_end_notes(self, stage: str) -> dict:
+        """JSON-able facts that accumulate over ``stage``'s steps, asked when they end and merged
+        into :meth:`stage_notes`' answer (their keys win), e.g. the wall time of CPU work the FLOP
+        meter cannot see. A resumed stage is asked too, in a process where ``on_stage_start``
+        did not run: keep such totals in :meth:`training_state` so they cover every step, and
+        give ``None`` for a total the checkpoint did not carry. Default: none."""
         return {}
 
     def on_step_end(self, stage: str, step: int) -> None:

@@ -328,9 +328,8 @@ def _train(method, train_x, budget, modality, generator, deadline, checkpoints, 
             )
         report.stopped = stopped
         report.seconds = clock() - t0
-        # asked again now the steps are done, for facts that accumulate over them (e.g. the
-        # wall time of work the FLOP meter cannot see); keys given at the start and not now stay
-        report.notes = {**report.notes, **_stage_notes(method, stage.name)}
+        # facts that accumulate over the steps (e.g. the wall time of work the FLOP meter cannot see)
+        report.notes = {**report.notes, **_stage_notes(method, stage.name, end=True)}
         _fill(report, meter, losses)
         if checkpoints is not None:
             save(in_stage=bool(stopped))
@@ -359,16 +358,18 @@ def _count_calls(report: StageReport, step_calls: int, backward_calls: int) -> N
         report.network_calls_backward += backward_calls
 
 
-def _stage_notes(method: Method, stage: str) -> dict:
-    """``method.stage_notes(stage)``, checked to be a JSON-able dict (it goes into the record)."""
-    notes = method.stage_notes(stage)
+def _stage_notes(method: Method, stage: str, end: bool = False) -> dict:
+    """``method.stage_notes(stage)`` (``stage_end_notes`` with ``end``), checked to be a JSON-able
+    dict (it goes into the record)."""
+    hook = "stage_end_notes" if end else "stage_notes"
+    notes = getattr(method, hook)(stage)
     try:
         if not isinstance(notes, dict):
             raise TypeError(f"a {type(notes).__name__}")
         return json.loads(json.dumps(notes, allow_nan=True))
     except (TypeError, ValueError) as exc:
         what = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MethodError(f"stage_notes({stage!r}) of {method.name!r} must return a JSON-able dict "
+        raise MethodError(f"{hook}({stage!r}) of {method.name!r} must return a JSON-able dict "
                           f"(numbers, strings, lists, dicts), not {what}") from None
 
 

@@ -341,8 +341,8 @@ def test_minibatch_ot_pairing_time_is_recorded_per_stage_and_survives_a_resume()
     assert report.notes["ot_pairing_s"] > 0
     again = FlowMatching(ds.spec(), model_size="tiny", coupling="minibatch_ot")
     again.load_training_state(method.training_state())
-    assert again.stage_notes("flow") == report.notes
-    assert FlowMatching(ds.spec(), model_size="tiny").stage_notes("flow") == {}  # independent: nothing to time
+    assert again.stage_end_notes("flow") == report.notes
+    assert FlowMatching(ds.spec(), model_size="tiny").stage_end_notes("flow") == {}  # independent: nothing to time
 
 
 def test_minibatch_ot_pairing_time_does_not_include_importing_scipy():

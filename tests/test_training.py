@@ -112,16 +112,29 @@ def test_stage_notes_are_kept_in_the_stage_report():
     assert latent.to_dict()["notes"] == latent.notes
 
 
-def test_stage_notes_are_asked_again_when_the_steps_end():
-    """Facts that accumulate over the steps (CPU work the meter cannot see) reach the record;
-    keys given at the start and not at the end stay."""
+def test_stage_end_notes_are_merged_into_the_preparation_notes():
+    """Facts that accumulate over the steps (CPU work the meter cannot see) reach the record through
+    stage_end_notes; stage_notes is asked once, after the preparation only (a method may build it
+    from state on_stage_start set, which a resumed stage's process never has)."""
 
     class Timed(GaussianFit):
         def stage_notes(self, stage):
-            return {"source": "prepared"} if not self.steps_seen else {"steps_timed": len(self.steps_seen)}
+            assert not self.steps_seen, "stage_notes asked after the steps began"
+            return {"source": "prepared", "steps_timed": 0}
+
+        def stage_end_notes(self, stage):
+            return {"steps_timed": len(self.steps_seen)}
 
     _, (report,) = _train(Timed)
     assert report.notes == {"source": "prepared", "steps_timed": report.steps} and report.steps > 1
+
+    class BadEnd(GaussianFit):
+        def stage_end_notes(self, stage):
+            return [len(self.steps_seen)]
+
+    with pytest.raises(MethodError, match=r"stage_end_notes\('fit'\) of 'gaussfit' must return a JSON-able dict") as err:
+        _train(BadEnd)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad", [{"x": torch.tensor(1.0)}, [1, 2], "pairs"])

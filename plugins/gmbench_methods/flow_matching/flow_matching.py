@@ -228,9 +228,8 @@ class FlowMatching(Method):
         xt, ut = self.conditional_path(x0, x1, t)
         return {"adam": (self.net(xt, t) - ut).pow(2).mean()}
 
-    def stage_notes(self, stage: str) -> dict:
-        """With ``coupling="minibatch_ot"``: the pairing's wall time (the host asks again at the
-        stage's end, so the totals cover every step)."""
+    def stage_end_notes(self, stage: str) -> dict:
+        """With ``coupling="minibatch_ot"``: the pairing's wall time, summed over the stage's steps."""
         if self.coupling != "minibatch_ot":
             return {}
         if self.ot_pairings is None:  # the steps before the resume were not timed: unknown, not a part
