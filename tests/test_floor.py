@@ -75,6 +75,11 @@ def test_a_toy_set_that_can_only_be_sampled_has_a_floor_without_a_likelihood():
                        "blob-sampled", "smoke", 0)
     assert rec["status"] == "ok" and rec["reference"]["label"] == TRUE_DISTRIBUTION
     assert rec["likelihood"] == "none" and not [e for e in rec["metrics"] if e["metric"] == "likelihood"]
+    # the toy sample metrics still score what needs no density, and say why the rest is missing
+    by_name = {e["name"]: e for e in rec["metrics"] if e["metric"] == "toy2d_samples"}
+    assert by_name["swd"]["value"] > 0 and "error" not in by_name["swd"]
+    assert by_name["sample_nll"]["value"] is None and "gives no log_prob" in by_name["sample_nll"]["skipped"]
+    assert by_name["off_support"]["value"] is None and "error" not in by_name["off_support"]
 
 
 def test_floor_samples_are_fresh_seeded_draws_or_a_train_subset(reg):

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from gmbench.metrics.base import EvalContext, Metric, MetricOutput
+from gmbench.metrics.base import SKIPPED_OUTPUTS, EvalContext, Metric, MetricOutput
 from gmbench.metrics.distances import mmd_rbf, sliced_wasserstein
 
 # A sample whose true density is below this is "off the support" (for the
@@ -96,12 +96,16 @@ class Toy2DSampleMetrics(Metric):
 
     def score_samples(self, samples: torch.Tensor, ctx: EvalContext) -> dict:
         samples = samples.cpu()
-        logp = ctx.dataset.log_prob(samples)
-        on = logp > OFF_SUPPORT_LOG_DENSITY
-        return {
-            "sample_nll": float(-logp[on].double().mean()) if on.any() else None,
-            "off_support": float(1 - on.double().mean()),
+        out = {
             "swd": sliced_wasserstein(samples, ctx.test, n_projections=SWD_PROJECTIONS, seed=ctx.seed),
             "mmd": mmd_rbf(samples, ctx.test, max_points=MMD_MAX_POINTS, seed=ctx.seed),
             "mode_coverage": mode_coverage(ctx.dataset, samples),
         }
+        logp = ctx.dataset.log_prob(samples)
+        if logp is None:  # a toy set that can only be sampled (e.g. a plugin's): no true density to read
+            why = f"dataset {ctx.dataset.name!r} gives no log_prob, so its true density is unknown"
+            return {"sample_nll": None, "off_support": None, **out,
+                    SKIPPED_OUTPUTS: {"sample_nll": why, "off_support": why}}
+        on = logp > OFF_SUPPORT_LOG_DENSITY
+        return {"sample_nll": float(-logp[on].double().mean()) if on.any() else None,
+                "off_support": float(1 - on.double().mean()), **out}
