@@ -382,7 +382,6 @@ def test_minibatch_ot_pairing_is_timed_from_a_drained_device_queue(monkeypatch):
     assert events == ["drain", "clock", "clock"] and method.ot_pairings == 1
 
 
-
 def test_minibatch_ot_totals_resumed_from_a_checkpoint_without_them_are_unknown(tmp_path):
     """A checkpoint written before the totals were kept: the resumed stage's pairing time is unknown
     (None), never the resumed part's passed off as the whole stage's."""
