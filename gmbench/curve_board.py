@@ -525,37 +525,36 @@ def render_curve_page(page: CurvePage, generator_version: str) -> str:
 
 def plot_group(page: CurvePage, g: CurveGroup, path: Path, dpi: int = 100) -> None:
     """The primary metric against training FLOPs (log x), one line per row, 95% intervals as error
-    bars; deterministic PNG (no timestamp), in the style of the boards' Pareto plot."""
+    bars; deterministic PNG (no timestamp), laid out as the boards' Pareto plot (gmbench.plot_layout)."""
     import matplotlib.style
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    def text(s) -> str:  # '$' would start mathtext; a newline would break the legend
-        return " ".join(str(s).splitlines()).replace("$", r"\$")
+    from gmbench.plot_layout import clip_to_means, figure, legend_outside, style, text
 
+    drawn = [(s, [c for c in g.columns if s.valued(c)]) for s in g.series]
+    drawn = [(s, cols) for s, cols in drawn if cols]
     with matplotlib.style.context("default"):
-        fig = Figure(figsize=(7, 4.5))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        drawn = False
-        for s in g.series:
-            cols = [c for c in g.columns if s.valued(c)]
-            if not cols:
-                continue
+        fig, ax = figure(len(drawn))
+        means, lows, highs = [], [], []
+        for i, (s, cols) in enumerate(drawn):
             stats = [s.cells[c].summary for c in cols]
+            ys = [m for m, _, _ in stats]
             yerr = [0.0 if math.isnan(ci) else ci for _, ci, _ in stats]
-            ax.errorbar([c.flops for c in cols], [m for m, _, _ in stats], yerr=yerr, marker="o", capsize=3,
-                        label=text(s.label(True)))
-            drawn = True
+            ax.errorbar([c.flops for c in cols], ys, yerr=yerr, capsize=3, label=text(s.label(True)), **style(i))
+            means += ys
+            lows += [y - e for y, e in zip(ys, yerr)]
+            highs += [y + e for y, e in zip(ys, yerr)]
         if drawn:
             ax.set_xscale("log")
-            ax.legend(fontsize=7, loc="best")
+            clip_to_means(ax, means, lows, highs)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("training FLOPs (log scale)")
         ax.set_ylabel(text(f"{g.metric} ({g.direction} is better)"))
         ax.set_title(text(f"{page.dataset} — budget{'s' if len(g.budgets) > 1 else ''} {', '.join(g.budgets)}"))
-        fig.tight_layout()
+        if drawn:
+            legend_outside(fig, ax)
+        else:
+            fig.tight_layout()
         fig.savefig(path, dpi=dpi, format="png", metadata={"Software": None})
 
 

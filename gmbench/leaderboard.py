@@ -1023,41 +1023,40 @@ def pareto_front(points: list[tuple[float, float]], direction: str) -> list[tupl
 
 
 def plot_board(board: Board, path: Path, dpi: int = 100) -> None:
-    """Quality against seconds per sample, one series per (method, sampler); deterministic PNG."""
+    """Quality against seconds per sample, one series per (method, sampler); deterministic PNG,
+    the legend beside the axes (gmbench.plot_layout)."""
     import matplotlib.style
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    def text(s) -> str:  # '$' would start mathtext; a newline would break the legend
-        return " ".join(str(s).splitlines()).replace("$", r"\$")
+    from gmbench.plot_layout import figure, legend_outside, style, text
 
+    d = board.by_nfe.dropna(subset=["samples_per_s"])
+    d = d[d.samples_per_s > 0]
+    groups = list(d.groupby(["method", "sampler"], dropna=False, sort=True))
+    floors = [f for f in board.floors if not math.isnan(f["mean"])]
     with matplotlib.style.context("default"):
-        fig = Figure(figsize=(7, 4.5))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        d = board.by_nfe.dropna(subset=["samples_per_s"])
-        d = d[d.samples_per_s > 0]
+        fig, ax = figure(len(groups) + 1 + len(floors))
         points = []
-        for (method, sampler), g in d.groupby(["method", "sampler"], dropna=False, sort=True):
+        for i, ((method, sampler), g) in enumerate(groups):
             g = g.sort_values("nfe")
             x = (1.0 / g.samples_per_s).tolist()
-            ax.plot(x, g["mean"].tolist(), marker="o", label=text(f"{method} · {sampler}"))
+            ax.plot(x, g["mean"].tolist(), label=text(f"{method} · {sampler}"), **style(i))
             points += list(zip(x, g["mean"].tolist()))
         if points:
             front = pareto_front(points, board.direction)
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, marker="s", mfc="none", ms=10,
                     label="Pareto front")
-            for f in board.floors:  # a floor has no sampling cost: a horizontal line
-                if not math.isnan(f["mean"]):
-                    ax.axhline(f["mean"], color="grey", ls=":", lw=1, label=text(f["method"]))
+            for f in floors:  # a floor has no sampling cost: a horizontal line
+                ax.axhline(f["mean"], color="grey", ls=":", lw=1, label=text(f["method"]))
             ax.set_xscale("log")
-            ax.legend(fontsize=7, loc="best")
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("seconds per sample (log scale)")
         ax.set_ylabel(text(f"{board.metric} ({board.direction} is better)"))
         ax.set_title(text(board.title))
-        fig.tight_layout()
+        if points:
+            legend_outside(fig, ax)
+        else:
+            fig.tight_layout()
         fig.savefig(path, dpi=dpi, format="png", metadata={"Software": None})
 
 

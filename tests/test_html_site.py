@@ -466,6 +466,6 @@ def test_board_layout_in_a_screenshot(browser, built):
     assert layout["h1"][1] >= layout["nav"][1] + layout["nav"][3]
     table, img = layout["table"], layout["img"]
     assert table[2] > 300 and table[3] >= layout["rowsHeight"] > 0
-    assert layout["complete"] and layout["natural"] == [700, 450]  # plot_board's 7 x 4.5 in at 100 dpi
+    assert layout["complete"] and layout["natural"] == [1050, 450]  # plot_board: 10.5 x 4.5 in at 100 dpi (legend beside)
     assert img[2] > 0 and img[3] > 0 and img[1] > table[1] + table[3]  # the plot comes after the table
     assert browser.errors() == []
