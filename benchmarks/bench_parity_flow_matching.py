@@ -23,7 +23,8 @@ torchcfm's I-CFM path ``x_t = t x1 + (1 - t) x0 + sigma eps`` with ``sigma = --s
 (default 0, torchcfm's default) against gmbench's ``(1 - (1 - 1e-4) t) x0 + t x1``; and
 torchcfm's exact-OT coupling *samples* 256 pairs from the plan with replacement
 (``OTPlanSampler.sample_plan``, numpy's global RNG, seeded here) where gmbench uses the
-optimal permutation itself (every pair once).
+optimal permutation itself (every pair once); ``--torchcfm-ot-replace false`` makes torchcfm draw
+its pairs without replacement, i.e. every pair of that permutation once, to isolate the difference.
 
 Sampling: ``euler`` at NFE 10, 20, 50, 100 and ``dopri5``. The gmbench rows use
 ``FlowMatching.sample`` (dopri5 at rtol = atol = 1e-5, gmbench's setting); the torchcfm rows
@@ -34,7 +35,8 @@ torchcfm column: the sampler code alone; next to the gmbench column: training al
 
 Scores: gmbench's sliced W2 (``gmbench.metrics.distances.sliced_wasserstein``, 256
 projections, the toy2d metric) of 2,000 samples against the test split, median over seeds
-[min-max], and the NFE dopri5 used.
+[min-max], a paired t-test of gmbench against torchcfm across seeds (the claims' test), and the
+NFE dopri5 used.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_parity_flow_matching.py [--seeds 5] [--flops 1e12]
 
@@ -59,6 +61,7 @@ from gmbench.data.toy2d import EightGaussians
 from gmbench.flops import count_cost
 from gmbench.metrics.distances import sliced_wasserstein
 from gmbench.metrics.toy2d import SWD_PROJECTIONS
+from gmbench.stats import paired_compare
 from gmbench.training import train
 from gmbench_methods.flow_matching import ode
 from gmbench_methods.flow_matching.flow_matching import FlowMatching
@@ -92,7 +95,7 @@ def train_gmbench(seed: int, train_x: torch.Tensor, flops: float, coupling: str,
 
 
 def train_torchcfm(seed: int, train_x: torch.Tensor, flops: float, coupling: str, lr: float, sigma: float,
-                   batch: int, model_size: str):
+                   batch: int, model_size: str, ot_replace: bool = True):
     from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher,
                                                     ExactOptimalTransportConditionalFlowMatcher)
 
@@ -100,6 +103,13 @@ def train_torchcfm(seed: int, train_x: torch.Tensor, flops: float, coupling: str
     np.random.seed(seed)  # torchcfm's OT plan sampler draws pairs with numpy's global RNG
     net = ode.build_velocity_net(EightGaussians().spec(), model_size)  # the same network and init as (a)
     matcher = (ExactOptimalTransportConditionalFlowMatcher if coupling == "minibatch_ot" else ConditionalFlowMatcher)(sigma=sigma)
+    if coupling == "minibatch_ot" and not ot_replace:
+        # --torchcfm-ot-replace false: draw the batch's pairs from the exact plan *without*
+        # replacement; the plan of two equal-size batches is a permutation (1/n on n cells), so
+        # every pair once, as gmbench trains (isolates torchcfm's resampling from the rest)
+        plan_sampler = matcher.ot_sampler
+        sample_plan = plan_sampler.sample_plan
+        plan_sampler.sample_plan = lambda x0, x1, replace=True: sample_plan(x0, x1, replace=False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)  # data order, as the host draws it
 
@@ -190,6 +200,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam lr for both (gmbench's toy2d default)")
     ap.add_argument("--sigma", type=float, default=0.0, help="torchcfm's sigma (its default 0)")
     ap.add_argument("--couplings", default="I-CFM,OT-CFM")
+    ap.add_argument("--torchcfm-ot-replace", choices=("true", "false"), default="true",
+                    help="torchcfm's OT-CFM draws its pairs from the plan with replacement (its default, true); "
+                         "false draws them without, every pair of the permutation once, as gmbench")
     ap.add_argument("--nfes", default=",".join(map(str, NFES)), help="Euler NFEs to sample at")
     args = ap.parse_args()
     global SETTINGS
@@ -209,7 +222,8 @@ def main() -> None:
         for c in couplings:
             coupling = COUPLINGS[c]
             method, info_a = train_gmbench(seed, train_x, args.flops, coupling, args.lr)
-            net_b, info_b = train_torchcfm(seed, train_x, args.flops, coupling, args.lr, args.sigma, batch, size)
+            net_b, info_b = train_torchcfm(seed, train_x, args.flops, coupling, args.lr, args.sigma, batch, size,
+                                           ot_replace=args.torchcfm_ot_replace == "true")
             infos[(c, "gmbench")].append(info_a)
             infos[(c, "torchcfm")].append(info_b)
             for impl, fn in (("gmbench", lambda s, n: sample_gmbench(method, s, n, seed)),
@@ -236,7 +250,8 @@ def report(args, version, couplings, impls, infos, swd, nfe_used, seeds_done: in
     print()
     print(f"torch {torch.__version__}, torchcfm {version}, threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, seeds {seeds_done} of {args.seeds}, FLOPs {args.flops:.3g}, "
-          f"lr {args.lr}, torchcfm sigma {args.sigma}, {seconds:.0f}s so far")
+          f"lr {args.lr}, torchcfm sigma {args.sigma}, torchcfm OT pairs drawn with replacement "
+          f"{args.torchcfm_ot_replace}, {seconds:.0f}s so far")
     for c in couplings:
         for impl in impls[:2]:
             rows = infos[(c, impl)]
@@ -247,8 +262,11 @@ def report(args, version, couplings, impls, infos, swd, nfe_used, seeds_done: in
     print("SW2: median over seeds [min-max]; ratio: gmbench / torchcfm medians; cross: gmbench's sampler on the "
           "torchcfm-trained net (fixed-step samplers only); dopri5's NFE: median network calls for the 2,000 samples, gmbench/torchcfm")
     print()
-    print("| coupling | sampler | NFE | gmbench | torchcfm | ratio | cross |")
-    print("|---|---|---|---|---|---|---|")
+    print("p: paired t-test across seeds of gmbench against torchcfm (gmbench.stats.paired_compare, the claims' "
+          "test; 'tie' unless one side is better beyond seed noise at 95%)")
+    print()
+    print("| coupling | sampler | NFE | gmbench | torchcfm | ratio | p (paired) | cross |")
+    print("|---|---|---|---|---|---|---|---|")
 
     def cell(key):
         v = swd[key]
@@ -259,7 +277,11 @@ def report(args, version, couplings, impls, infos, swd, nfe_used, seeds_done: in
             k = {i: (c, i, sampler, nfe) for i in impls}
             ratio = statistics.median(swd[k["gmbench"]]) / statistics.median(swd[k["torchcfm"]])
             shown = nfe if nfe is not None else "/".join(f"{statistics.median(nfe_used[k[i]]):.0f}" for i in impls[:2])
-            print(f"| {c} | {sampler} | {shown} | {cell(k['gmbench'])} | {cell(k['torchcfm'])} | {ratio:.2f} | {cell(k['cross'])} |")
+            test = paired_compare(dict(enumerate(swd[k["gmbench"]])), dict(enumerate(swd[k["torchcfm"]])), "lower",
+                                  names=("gmbench", "torchcfm"))
+            verdict = "tie" if test.better is None else ("gmbench" if test.better == "a" else "torchcfm") + " better"
+            p = "-" if test.p_value is None else f"{test.p_value:.2f} ({verdict})"
+            print(f"| {c} | {sampler} | {shown} | {cell(k['gmbench'])} | {cell(k['torchcfm'])} | {ratio:.2f} | {p} | {cell(k['cross'])} |")
     print(flush=True)
 
 
