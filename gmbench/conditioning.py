@@ -17,9 +17,9 @@ in the timed draw, the sampling audit, the curve points and the conformance kit 
 
 from __future__ import annotations
 
-import torch
-
 import math
+
+import torch
 
 from gmbench.errors import MethodError
 

@@ -53,9 +53,13 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the work already queued on ``device`` (a GPU runs asynchronously), so that a timer
+    started or stopped next measures only what follows or precedes it. A no-op on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def sampler_grid(method: Method, budget: Budget) -> list[tuple[str, int]]:
@@ -385,15 +389,15 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
     device = method.device
     aux = torch.Generator(device=device).manual_seed(aux_seed)
     with torch.no_grad():
-        _sync(device)
+        synchronize(device)
         audit = sampling_audit(method, sampler, nfe, aux)  # also the warm-up, not timed
         nfe_counted = audit["calls"]
         check_nfe(method, sampler, nfe, nfe_counted)
         check_counted_work(method, sampler, audit)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         draw_samples(method, 1, sampler, nfe, aux)
-        _sync(device)
+        synchronize(device)
         latency = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -401,7 +405,7 @@ def _timed_sampling(method: Method, sampler: str, nfe: int, n: int, g: torch.Gen
         try:
             t0 = time.perf_counter()
             samples = draw_samples(method, n, sampler, nfe, g)
-            _sync(device)
+            synchronize(device)
             seconds = time.perf_counter() - t0
         finally:
             calls.close()

@@ -38,6 +38,7 @@ from gmbench.testing import MethodConformance
 from gmbench.training import train
 from gmbench_methods.flow_matching import ode
 from gmbench_methods.flow_matching.flow_matching import FlowMatching
+from tests.interrupting import JumpingClock, stopping_at
 
 TOY = DataSpec(name="toy", modality="toy2d", shape=(2,))
 IMAGE = DataSpec(name="img", modality="image", shape=(1, 3, 3), levels=256, value_range=(-1.0, 1.0))
@@ -369,12 +370,12 @@ def test_minibatch_ot_pairing_is_timed_from_a_drained_device_queue(monkeypatch):
 
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(torch.device(device).type))
-    fm.drain(torch.device("cuda", 0))
-    fm.drain(torch.device("cpu"))  # nothing queued on a CPU
+    fm.synchronize(torch.device("cuda", 0))
+    fm.synchronize(torch.device("cpu"))  # nothing queued on a CPU
     assert synced == ["cuda"]
 
     events = []
-    monkeypatch.setattr(fm, "drain", lambda device: events.append("drain"))
+    monkeypatch.setattr(fm, "synchronize", lambda device: events.append("drain"))
     real = fm.time.perf_counter
     monkeypatch.setattr(fm, "time", type("T", (), {"perf_counter": staticmethod(lambda: events.append("clock") or real())}))
     method = FlowMatching(EightGaussians().spec(), model_size="tiny", coupling="minibatch_ot")
@@ -392,13 +393,8 @@ def test_minibatch_ot_totals_resumed_from_a_checkpoint_without_them_are_unknown(
 
     tiny = replace(SMOKE, train_flops={"toy2d": 2e9})
     ds = EightGaussians()
-    clock = type("Clock", (), {"now": 0.0, "__call__": lambda self: self.now})()
-
-    class StopsAtStep3(FlowMatching):
-        def training_step(self, stage, batch, step):
-            if step == 3:
-                clock.now = 1e9
-            return super().training_step(stage, batch, step)
+    clock = JumpingClock()
+    StopsAtStep3 = stopping_at(FlowMatching, 3, clock)
 
     folder = tmp_path / "ckpt"
 

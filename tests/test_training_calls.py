@@ -15,6 +15,7 @@ from gmbench.data.toy2d import EightGaussians
 from gmbench.records import RunSpec
 from gmbench.runner import run_one
 from gmbench.training import StageReport, train
+from tests.interrupting import JumpingClock, stopping_at
 from tests.plugins.fake_methods import TINY_BUDGET, GaussianFit
 
 
@@ -129,19 +130,8 @@ def test_counting_changes_nothing_in_training(monkeypatch):
 def test_a_resumed_stage_counts_as_an_uninterrupted_one(tmp_path):
     _, (whole,) = _train(BackwardCalls)
 
-    class Clock:  # jumps past the deadline once step 7 has run: the stage stops there, checkpointed
-        now = 0.0
-
-        def __call__(self):
-            return self.now
-
-    clock = Clock()
-
-    class StopsAtStep7(BackwardCalls):
-        def training_step(self, stage, batch, step):
-            if step == 7:
-                clock.now = 1e9
-            return super().training_step(stage, batch, step)
+    clock = JumpingClock()  # jumps past the deadline once step 7 has run: the stage stops there, checkpointed
+    StopsAtStep7 = stopping_at(BackwardCalls, 7, clock)
 
     folder = tmp_path / "ckpt"
     _, (cut,) = _train(StopsAtStep7, checkpoints=CheckpointPolicy(folder, every_s=1e9), clock=clock, deadline=1.0)

@@ -72,6 +72,7 @@ from torch import nn
 
 from gmbench import hookimpl
 from gmbench.data.base import DataSpec
+from gmbench.evaluate import synchronize
 from gmbench.method import Method, OptimizerSpec, SamplerInfo, Stage
 
 from . import ode
@@ -82,17 +83,6 @@ COUPLINGS = ("independent", "minibatch_ot")
 DEFAULT_LR = {"toy2d": 3e-3, "image": 1e-3}
 # VP schedule of Song et al. (arXiv 2011.13456), the one FM's Example I uses.
 BETA_MIN, BETA_MAX = 0.1, 20.0
-
-
-def drain(device: torch.device) -> None:
-    """Wait for the work already queued on ``device`` (a GPU runs asynchronously): the minibatch OT
-    pairing copies the cost matrix to the CPU, which waits for everything queued before it, e.g.
-    the previous step's backward pass and optimizer update. Timed from here, the pairing's time
-    is its own."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 class FlowMatching(Method):
@@ -218,7 +208,9 @@ class FlowMatching(Method):
         x1 = batch
         x0 = torch.randn_like(x1)
         if self.coupling == "minibatch_ot":
-            drain(x1.device)
+            # the pairing copies the cost matrix to the CPU, which on a GPU waits for everything
+            # queued before it (the previous step's backward and update): drain first, so the time is its own
+            synchronize(x1.device)
             start = time.perf_counter()
             x0 = ode.minibatch_ot_pairing(x0, x1)
             if self.ot_pairings is not None:  # None: resumed from a checkpoint that did not carry the totals
